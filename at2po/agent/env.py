@@ -1,0 +1,82 @@
+"""The environment interface the rollout driver talks to (the task side of one trajectory step).
+
+The driver owns token ids; the env owns text: it builds the prompt ids, parses a generated turn's text into
+a tool call / final answer / malformed output, runs tool calls (concurrently, with timeouts, never raising),
+formats observations, and scores finished trajectories. ``SearchEnv`` (``search_env.py``) is the implementation
+for the paper's search agent.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+@dataclass
+class QAExample:
+    question: str
+    golden_answers: list[str]
+    id: str = ""
+    data_source: str = "default"
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. hops for the synthetic world
+
+
+class TurnKind(str, Enum):
+    TOOL_CALL = "tool_call"  # a well-formed search call: run it, append its observation
+    ANSWER = "answer"  # a final answer: the trajectory ends
+    INVALID = "invalid"  # malformed output that gets a corrective observation; counts against the call limit
+    NO_ACTION = "no_action"  # neither call nor answer (e.g. stopped at eos without <answer>): the trajectory ends
+
+
+@dataclass
+class ParsedTurn:
+    kind: TurnKind
+    query: str | None = None  # TOOL_CALL
+    answer: str | None = None  # ANSWER: the \\boxed{} content, if any
+    error: str | None = None  # classification of malformed output: unclosed_tag, empty_query, multiple_calls, ...
+    message: str | None = None  # INVALID: the observation text telling the model what was wrong
+
+
+@dataclass
+class ToolResult:
+    observation: str  # the text inserted after the turn, e.g. "\n<result>\n...\n</result>\n"
+    ok: bool = True
+    error: str | None = None  # "timeout", "retriever_error: ...", ...
+    latency_s: float = 0.0
+
+
+class AgentEnv(ABC):
+    stop_strings: tuple[str, ...] = ()  # a turn stops at any of these (kept in the turn), e.g. ("</search>",)
+    stop_token_ids: tuple[int, ...] = ()  # eos / end-of-turn ids
+    max_tool_calls: int = 6
+    limit_mode: str = "end"  # at the call limit: "end" the trajectory, or insert a masked "notice" and continue
+
+    @abstractmethod
+    def prompt_ids(self, example: QAExample) -> list[int]:
+        """Token ids of the prompt (chat template when the tokenizer has one)."""
+
+    @abstractmethod
+    def parse_turn(self, text: str) -> ParsedTurn:
+        """Classify one generated turn. Never raises."""
+
+    @abstractmethod
+    def run_tools(self, calls: list[ParsedTurn]) -> list[ToolResult]:
+        """Execute tool calls concurrently with per-call timeouts; failures become observations, never raise."""
+
+    @abstractmethod
+    def observation_ids(self, text: str) -> list[int]:
+        """Tokenise one observation by itself (no special tokens), to append to a context."""
+
+    @abstractmethod
+    def limit_notice(self) -> str:
+        """Observation text used when the call limit is reached and ``limit_mode == "notice"``."""
+
+    @abstractmethod
+    def reward(self, response_text: str, example: QAExample) -> float:
+        """Training reward of a finished trajectory (paper: −1 on format failure, else EM)."""
+
+    @abstractmethod
+    def metrics(self, response_text: str, example: QAExample) -> dict[str, float]:
+        """Evaluation metrics of a finished trajectory: em, f1, format_ok, ..."""
