@@ -15,7 +15,13 @@ app = typer.Typer(
 )
 
 # Each module defines ``register(app: typer.Typer) -> None``.
-_COMMAND_MODULES: list[str] = []
+_COMMAND_MODULES: list[str] = [
+    "at2po.commands.retrieval",
+    "at2po.commands.tasks",
+    "at2po.commands.data",
+    "at2po.commands.train",
+    "at2po.commands.models",
+]
 
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name).register(app)

@@ -63,6 +63,9 @@ class TreeArrays:
     entropy: np.ndarray  # [N] float64
     reward: np.ndarray  # [N] float64, NaN on internal nodes
     is_leaf: np.ndarray  # [N] bool
+    # [N] int64 TurnNode.group (Tree-GRPO tree membership within a prompt); None when not known.
+    # Additive field (default None) so existing 4-argument constructions keep working.
+    group: np.ndarray | None = None
 
 
 @dataclass
@@ -146,7 +149,8 @@ class TurnTree:
         is_leaf = np.fromiter((self.is_leaf(i) for i in range(n)), dtype=bool, count=n)
         reward = np.full(n, np.nan)
         reward[is_leaf] = [self.nodes[i].reward for i in np.flatnonzero(is_leaf)]
-        return TreeArrays(parent=parent, entropy=entropy, reward=reward, is_leaf=is_leaf)
+        group = np.fromiter((nd.group for nd in self.nodes), dtype=np.int64, count=n)
+        return TreeArrays(parent=parent, entropy=entropy, reward=reward, is_leaf=is_leaf, group=group)
 
     @classmethod
     def from_arrays(
@@ -195,5 +199,8 @@ def stack_trees(trees: list[TurnTree]) -> tuple[TreeArrays, np.ndarray, np.ndarr
         entropy=np.concatenate([a.entropy for a in arrs]),
         reward=np.concatenate([a.reward for a in arrs]),
         is_leaf=np.concatenate([a.is_leaf for a in arrs]),
+        group=(
+            np.concatenate([a.group for a in arrs]) if all(a.group is not None for a in arrs) else None
+        ),
     )
     return out, np.repeat(np.arange(len(trees)), sizes), offsets

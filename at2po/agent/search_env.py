@@ -1,0 +1,198 @@
+"""``SearchEnv``: the paper's search-agent environment (prompt, parsing, search tool, observations, reward).
+
+The rollout driver keeps token ids; this class turns text into actions and observations:
+prompt ids (chat template or plain), ``parse_turn`` (tool call / answer / classified malformed output with a
+corrective observation), ``run_tools`` (concurrent searches in a thread pool, per-call timeouts, retriever
+failures become a "search failed" observation and a counted error), ``observe`` (the one place passages are
+formatted as ``<result>`` ... ``</result>`` and truncated to ``max_obs_tokens``), ``reward`` (−1 on format
+failure else EM) and ``metrics`` (em, f1, format_ok, ...).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from at2po.agent.env import AgentEnv, ParsedTurn, QAExample, ToolResult, TurnKind
+from at2po.agent.prompts import build_prompt_ids, stop_token_ids
+from at2po.agent.protocol import TURN_STOP_STRINGS, format_observation, format_passages, parse_turn
+from at2po.agent.retrievers.base import Passage, Retriever
+from at2po.agent.rewards import compute_score, qa_metrics
+
+NO_RESULTS = "No results found."
+
+
+class EnvConfig(BaseModel):
+    """Search environment settings (paper: top-3 passages, at most 6 tool calls)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tool_calls: int = Field(6, ge=0, description="tool calls (incl. invalid turns) per trajectory")
+    limit_mode: Literal["end", "notice"] = "end"  # at the limit: end the trajectory, or insert a masked notice
+    topk: int = Field(3, ge=1, le=100)
+    max_obs_tokens: int = Field(512, ge=16, description="token budget of one observation, tags included")
+    tool_timeout_s: float = Field(30.0, gt=0)
+    tool_workers: int = Field(8, ge=1)
+    use_chat_template: bool = True
+    # Additive: what a turn with neither a search nor an answer does ("retry": corrective observation, counted
+    # against the call limit, as Search-R1; "end": the trajectory ends as NO_ACTION).
+    no_action: Literal["retry", "end"] = "retry"
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)  # e.g. {"enable_thinking": False} (Qwen3)
+
+
+class SearchEnv(AgentEnv):
+    """The search agent's environment over any ``Retriever`` (bm25, dense, http)."""
+
+    stop_strings = TURN_STOP_STRINGS
+
+    def __init__(self, tokenizer: Any, retriever: Retriever | None, cfg: EnvConfig | None = None) -> None:
+        """``retriever`` may be None when the env only formats prompts/observations (SFT); searches then fail
+        with a "search failed" observation like any other retriever error."""
+        self.tokenizer = tokenizer
+        self.retriever = retriever
+        self.cfg = cfg or EnvConfig()
+        self.max_tool_calls = self.cfg.max_tool_calls
+        self.limit_mode = self.cfg.limit_mode
+        self.stop_token_ids = stop_token_ids(tokenizer)
+        # Special-token strings that may trail a decoded turn (eos, <|im_end|>); removed before parsing.
+        self._trailing_specials = tuple(
+            t for t in (tokenizer.convert_ids_to_tokens(i) for i in self.stop_token_ids) if isinstance(t, str) and t
+        )
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self.counters: dict[str, int] = {"tool_calls": 0, "tool_errors": 0, "tool_timeouts": 0}
+
+    # ---- prompt / parsing -------------------------------------------------------------------------------------
+    def prompt_ids(self, example: QAExample) -> list[int]:
+        return build_prompt_ids(
+            self.tokenizer,
+            example.question,
+            use_chat_template=self.cfg.use_chat_template,
+            chat_template_kwargs=self.cfg.chat_template_kwargs,
+        )
+
+    def parse_turn(self, text: str) -> ParsedTurn:
+        """``protocol.parse_turn`` after removing trailing eos/end-of-turn strings. Never raises."""
+        text = text.rstrip()
+        stripped = True
+        while stripped:
+            stripped = False
+            for tok in self._trailing_specials:
+                if text.endswith(tok):
+                    text, stripped = text[: -len(tok)].rstrip(), True
+        return parse_turn(text, no_action=self.cfg.no_action)
+
+    # ---- tools -----------------------------------------------------------------------------------------------
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.cfg.tool_workers, thread_name_prefix="at2po-search")
+        return self._pool
+
+    def _search(self, query: str, started: dict[int, float], key: int) -> list[Passage]:
+        started[key] = time.monotonic()
+        return self.retriever.search(query, self.cfg.topk)
+
+    def run_tools(self, calls: list[ParsedTurn]) -> list[ToolResult]:
+        """Run the TOOL_CALL entries concurrently (``tool_workers`` threads); an INVALID entry gets its corrective
+        message without touching the retriever. Each search has ``tool_timeout_s`` from the moment it starts (a
+        queued call that never starts is abandoned after ``tool_timeout_s · (1 + ⌈n / workers⌉)``). Any exception
+        or timeout becomes a "search failed" observation with ``ok=False``; this method never raises."""
+        results: list[ToolResult | None] = [None] * len(calls)
+        pool = self._executor()
+        started: dict[int, float] = {}
+        futures: dict[Future[list[Passage]], int] = {}
+        t0 = time.monotonic()
+        for i, call in enumerate(calls):
+            if call.kind == TurnKind.TOOL_CALL and call.query:
+                futures[pool.submit(self._search, call.query, started, i)] = i
+            else:
+                results[i] = ToolResult(observation=call.message or format_observation(NO_RESULTS))
+        timeout = self.cfg.tool_timeout_s
+        queue_limit = timeout * (1 + -(-len(futures) // self.cfg.tool_workers))
+        pending = set(futures)
+        timed_out = False
+        while pending:
+            done, pending = wait(pending, timeout=min(0.05, timeout), return_when=FIRST_COMPLETED)
+            now = time.monotonic()
+            for fut in done:
+                i = futures[fut]
+                latency = now - started.get(i, now)
+                try:
+                    results[i] = ToolResult(observation=self.observe(fut.result()), latency_s=latency)
+                except Exception as exc:  # a retriever failure is an observation, not a crash
+                    results[i] = self._failure(f"retriever_error: {type(exc).__name__}: {exc}", latency)
+            for fut in list(pending):
+                i = futures[fut]
+                start = started.get(i)
+                if (start is not None and now - start > timeout) or (start is None and now - t0 > queue_limit):
+                    fut.cancel()
+                    pending.discard(fut)
+                    timed_out = True
+                    results[i] = self._failure("timeout", now - (start or now))
+        if timed_out:
+            # A hung search keeps its worker thread; start the next batch on a fresh pool so it cannot clog.
+            self._pool = None
+            pool.shutdown(wait=False, cancel_futures=True)
+        searched = [results[i] for i in futures.values()]
+        with self._lock:
+            self.counters["tool_calls"] += len(searched)
+            self.counters["tool_errors"] += sum(1 for r in searched if r is not None and not r.ok)
+            self.counters["tool_timeouts"] += sum(1 for r in searched if r is not None and r.error == "timeout")
+        return [r if r is not None else self._failure("lost", 0.0) for r in results]
+
+    def _failure(self, error: str, latency: float) -> ToolResult:
+        reason = "it timed out" if error == "timeout" else "the search engine returned an error"
+        text = format_observation(f"Search failed: {reason}. Try again, or answer with what you know.")
+        return ToolResult(observation=text, ok=False, error=error, latency_s=latency)
+
+    # ---- observations ----------------------------------------------------------------------------------------
+    def _n_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def observe(self, passages: list[Passage]) -> str:
+        """``\\n\\n<result>\\nDoc 1(Title: t) text\\n...\\n</result>\\n\\n`` with the passage list cut so the whole
+        observation is at most ``max_obs_tokens`` tokens (the cut drops whole tokens from the end of the body). The
+        tags are always kept, so a budget smaller than the empty ``<result>`` block yields just that block."""
+        body = format_passages([(p.title, p.text) for p in passages]) if passages else NO_RESULTS
+        text = format_observation(body)
+        budget = self.cfg.max_obs_tokens
+        if self._n_tokens(text) <= budget:
+            return text
+        body_ids = self.tokenizer(body.strip(), add_special_tokens=False)["input_ids"]
+        keep = max(0, budget - self._n_tokens(format_observation("")))
+        while keep > 0:
+            # Decoding a prefix can end in half a multi-byte character: drop the replacement char it leaves.
+            cut = self.tokenizer.decode(body_ids[:keep], skip_special_tokens=True).rstrip("\ufffd")
+            text = format_observation(cut)
+            if self._n_tokens(text) <= budget:  # re-tokenising can merge differently: check the real count
+                return text
+            keep -= max(1, (self._n_tokens(text) - budget))
+        return format_observation("")
+
+    def observation_ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def limit_notice(self) -> str:
+        return format_observation(
+            f"You have used the maximum of {self.cfg.max_tool_calls} searches. No more searches are possible; "
+            "give your final answer now in <answer> ... \\boxed{answer} </answer>."
+        )
+
+    # ---- scoring ---------------------------------------------------------------------------------------------
+    def reward(self, response_text: str, example: QAExample) -> float:
+        """Paper reward: −1 on format failure (no <think>, no <answer>, no \\boxed{}), else EM ∈ {0, 1}."""
+        return compute_score(response_text, example.golden_answers)
+
+    def metrics(self, response_text: str, example: QAExample) -> dict[str, float]:
+        return qa_metrics(response_text, example.golden_answers)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        if self.retriever is not None:  # SFT builds a SearchEnv only to format prompts/observations
+            self.retriever.close()

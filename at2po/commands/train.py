@@ -1,0 +1,141 @@
+"""``at2po train`` / ``at2po sft`` / ``at2po eval`` / ``at2po plot``.
+
+Configuration: an optional YAML file, ``--preset NAME`` and dotted ``KEY=VALUE`` overrides, e.g.
+``at2po train --preset at2po model.path=runs/sft data.train=data/train.jsonl rollout.m=10 loss.name=turn``.
+``at2po train`` with no arguments runs the embedded synthetic-world quickstart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+_OVERRIDES_HELP = "dotted overrides KEY=VALUE (e.g. rollout.m=10 loss.name=turn); a leading *.yaml is the config file"
+
+
+def _resolve(args: list[str], preset: Optional[str]):  # noqa: ANN202 - returns RunConfig (lazy import)
+    from at2po.config import load_config
+
+    path = None
+    if args and not ("=" in args[0]) and args[0].endswith((".yaml", ".yml")):
+        path, args = args[0], args[1:]
+    return load_config(path, args, preset=preset)
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+def train(
+    args: Optional[list[str]] = typer.Argument(None, help=_OVERRIDES_HELP),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="at2po, grpo, dapo, gspo, tree-grpo, ablation-*"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint in train.output_dir"),
+    quick: bool = typer.Option(False, "--quickstart", help="run the synthetic-world quickstart (default with no args)"),
+) -> None:
+    """RL-train a search agent (AT²PO or a baseline). With no arguments: the synthetic-world quickstart."""
+    from at2po.config import ConfigError
+    from at2po.train.components import MissingPathError
+
+    args = list(args or [])
+    if quick or (not args and preset is None and not resume):
+        from at2po.train.quickstart import run_quickstart
+
+        run_quickstart(overrides=args)
+        return
+    try:
+        cfg = _resolve(args, preset)
+        from at2po.train.trainer import train as run_train
+
+        res = run_train(cfg, resume=resume)
+    except (ConfigError, MissingPathError) as exc:
+        _fail(exc)
+        return
+    typer.echo(f"done: {res.steps_done} steps → {res.run_dir}" + (f" (final model: {res.final_dir})" if res.final_dir else ""))
+
+
+def sft(
+    args: Optional[list[str]] = typer.Argument(None, help=_OVERRIDES_HELP),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p"),
+    out: Optional[Path] = typer.Option(None, "--out", help="model directory to write (default <train.output_dir>/sft)"),
+) -> None:
+    """Supervised warm start on demonstrations (data.sft), observation tokens masked."""
+    from at2po.config import ConfigError
+    from at2po.train.components import MissingPathError
+    from at2po.train.sft import DemoError
+    from at2po.train.sft import sft as run_sft
+
+    try:
+        path = run_sft(_resolve(list(args or []), preset), out)
+    except (ConfigError, MissingPathError, DemoError) as exc:
+        _fail(exc)
+        return
+    typer.echo(f"SFT model → {path}")
+
+
+def eval_cmd(
+    args: Optional[list[str]] = typer.Argument(None, help=_OVERRIDES_HELP),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p"),
+    out: Optional[Path] = typer.Option(None, "--out", help="JSON report path (default <train.output_dir>/eval.json)"),
+) -> None:
+    """Evaluate model.path on data.test: per-source EM / F1 / format / tool calls / turns (pass@k with eval.n=k)."""
+    from rich.console import Console
+
+    from at2po.config import ConfigError
+    from at2po.train.components import (
+        MissingPathError,
+        build_engine,
+        build_env,
+        check_paths,
+        load_examples,
+        load_policy,
+        load_tokenizer,
+    )
+    from at2po.train.evaluate import evaluate, format_table, write_report
+
+    try:
+        cfg = _resolve(list(args or []), preset)
+        check_paths(cfg, ("model", "test", "index"))
+    except (ConfigError, MissingPathError) as exc:
+        _fail(exc)
+        return
+    import torch
+
+    tok = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
+    model = load_policy(cfg.model, trainable=False)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    env = build_env(cfg, tok)
+    report = evaluate(build_engine(model, tok, cfg), env, load_examples(cfg.data.test, cfg.data.max_test_examples), cfg,
+                      seed=cfg.train.seed)
+    env.close()
+    path = write_report(report, out or Path(cfg.train.output_dir) / "eval.json")
+    Console().print(format_table(report, title=f"eval of {cfg.model.path}"))
+    typer.echo(f"report → {path}")
+
+
+def plot(
+    runs: list[Path] = typer.Argument(..., help="run directories (each holds metrics.jsonl)"),
+    out: Path = typer.Option(Path("curves.png"), "--out", "-o", help="PNG to write"),
+    metric: Optional[list[str]] = typer.Option(None, "--metric", "-m", help="metric key(s) to draw (repeatable)"),
+    x: str = typer.Option("step", "--x", help="x axis: step or tokens (cumulative generated tokens)"),
+) -> None:
+    """Draw learning curves (reward, EM, entropy, tokens) of one or several runs to a PNG."""
+    from at2po.train.plot import DEFAULT_METRICS, plot_runs
+
+    try:
+        path = plot_runs(runs, out, metric or DEFAULT_METRICS, x=x)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+        return
+    typer.echo(f"wrote {path}")
+
+
+def register(app: typer.Typer) -> None:
+    ctx = {"allow_extra_args": False}
+    app.command("train", context_settings=ctx)(train)
+    app.command("sft")(sft)
+    app.command("eval")(eval_cmd)
+    app.command("plot")(plot)

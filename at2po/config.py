@@ -1,0 +1,300 @@
+"""Typed run configuration: one pydantic model made of sections, loaded from presets, YAML and dotted overrides.
+
+Resolution order (later wins): field defaults ← preset (``preset: at2po`` or ``--preset``) ← YAML file ←
+command-line overrides such as ``rollout.m=10 loss.name=turn``. Every section forbids unknown keys, so a typo
+is an error naming the key (``unknown config key 'rollout.mm'``), and a bad value names the key and the reason.
+The resolved config is written next to each run as ``config.yaml`` (:func:`save_config`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+try:  # the env/rollout areas own these sections; mirrors of the pinned contract until they land
+    from at2po.agent.search_env import EnvConfig
+except ImportError:  # pragma: no cover - transitional
+
+    class EnvConfig(BaseModel):  # type: ignore[no-redef]
+        model_config = ConfigDict(extra="forbid")
+        max_tool_calls: int = 6
+        limit_mode: Literal["end", "notice"] = "end"
+        topk: int = 3
+        max_obs_tokens: int = 512
+        tool_timeout_s: float = 30.0
+        tool_workers: int = 8
+        use_chat_template: bool = True
+
+
+try:
+    from at2po.rollout.driver import RolloutConfig
+except ImportError:  # pragma: no cover - transitional
+
+    class RolloutConfig(BaseModel):  # type: ignore[no-redef]
+        model_config = ConfigDict(extra="forbid")
+        mode: Literal["chain", "tree"] = "tree"
+        n: int = 16
+        m: int = 10
+        l: int = 2  # noqa: E741
+        k: int = 6
+        alpha: float = 0.05
+        expansion: Literal["entropy", "random"] = "entropy"
+        expand_leaves: bool = False
+        max_turn_tokens: int = 512
+        max_response_tokens: int = 6192
+        temperature: float = 1.0
+        top_p: float = 1.0
+        top_k: int = 0
+        seed: int = 0
+        tool_workers: int = 8
+        tool_timeout_s: float = 30.0
+        max_concurrent_sequences: int = 64
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the offending key (and file, when there is one)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    path: str | None = None  # a Hugging Face model directory (save_pretrained layout)
+    tokenizer: str | None = None  # defaults to ``path``
+    lora_r: int = Field(0, ge=0)  # 0 = full fine-tuning; > 0 = LoRA adapters of this rank (peft)
+    lora_alpha: int = 16
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    lora_target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    gradient_checkpointing: bool = False
+
+
+class DataConfig(_Section):
+    train: str | None = None  # QA JSONL: {question, golden_answers, data_source?, id?}
+    test: str | None = None  # QA JSONL for evaluation
+    index: str | None = None  # retriever: an index directory (``at2po index``) or an http(s):// URL
+    sft: str | None = None  # demonstrations JSONL (contract format) for ``at2po sft``
+    max_train_examples: int | None = Field(None, ge=1)
+    max_test_examples: int | None = Field(None, ge=1)
+
+
+class CreditConfig(_Section):
+    name: Literal["grpo", "tree_grpo", "at2po"] = "at2po"
+    value_mode: Literal["child_weighted", "child_softmax", "child_mean", "leaf_mean"] = "child_weighted"
+    adv_mode: Literal["value", "td", "global", "td+global"] = "value"
+    normalize_leaves: bool = True
+    std: Literal["population", "sample"] = "population"
+    eps: float = Field(1e-6, gt=0)
+
+    def options(self) -> dict[str, Any]:
+        """Keyword options for :func:`at2po.core.credit.estimate` (value/advantage modes only for ``at2po``)."""
+        opts: dict[str, Any] = {"std": self.std, "eps": self.eps}
+        if self.name == "at2po":
+            opts.update(value_mode=self.value_mode, adv_mode=self.adv_mode, normalize_leaves=self.normalize_leaves)
+        return opts
+
+
+class LossConfig(_Section):
+    name: Literal["token", "sequence", "turn"] = "turn"
+    clip_low: float | None = Field(None, ge=0)  # ε_l; None = the loss's paper default
+    clip_high: float | None = Field(None, ge=0)  # ε_r
+    agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = (
+        "seq-mean-token-mean"
+    )
+    clip_ratio_c: float | None = Field(None, gt=1.0)  # dual clip (token loss), None = off
+    kl_coef: float = Field(0.0, ge=0)  # > 0 recomputes reference log-probs and adds β·KL
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    entropy_coef: float = Field(0.0, ge=0)
+
+    def clips(self) -> tuple[float, float]:
+        from at2po.core.losses import DEFAULT_CLIP
+
+        lo, hi = DEFAULT_CLIP[self.name]
+        return (lo if self.clip_low is None else self.clip_low, hi if self.clip_high is None else self.clip_high)
+
+
+class OptimConfig(_Section):
+    lr: float = Field(1e-6, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_updates: int = Field(0, ge=0)
+
+
+class TrainConfig(_Section):
+    output_dir: str = "runs/at2po"
+    steps: int = Field(240, ge=1)  # RL steps (one rollout batch each)
+    batch_prompts: int = Field(64, ge=1)  # prompts per rollout batch (global, split across processes)
+    mini_batch_prompts: int = Field(8, ge=1)  # prompts per optimizer update
+    ppo_epochs: int = Field(1, ge=1)
+    micro_batch_tokens: int = Field(16384, ge=1)  # padded tokens per forward/backward (gradient accumulation)
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    dynamic_sampling: bool = False  # DAPO: drop prompts whose rewards are all equal, refill from more rollouts
+    max_gen_batches: int = Field(3, ge=1)  # DAPO: at most this many rollout batches per step to fill the batch
+    overlong_buffer: int = Field(0, ge=0)  # DAPO soft overlong punishment: buffer length (0 = off)
+    overlong_penalty: float = Field(1.0, ge=0)
+    max_nonfinite_steps: int = Field(3, ge=1)  # stop after this many consecutive steps with NaN/inf loss or grad
+
+    @model_validator(mode="after")
+    def _mini_fits(self) -> "TrainConfig":
+        if self.mini_batch_prompts > self.batch_prompts:
+            raise ValueError(
+                f"mini_batch_prompts ({self.mini_batch_prompts}) > batch_prompts ({self.batch_prompts})"
+            )
+        return self
+
+
+class SFTConfig(_Section):
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    batch_rows: int = Field(16, ge=1)  # demonstrations per optimizer update
+    max_examples: int | None = Field(None, ge=1)
+    output_dir: str | None = None  # default: <train.output_dir>/sft
+
+
+class EvalConfig(_Section):
+    every: int = Field(0, ge=0)  # evaluate every N RL steps (0 = only before and after training)
+    n: int = Field(1, ge=1)  # samples per question; pass@n is reported when n > 1
+    temperature: float = Field(0.0, ge=0)  # 0 = greedy
+    max_examples: int | None = Field(None, ge=1)
+    batch_prompts: int = Field(32, ge=1)
+
+
+class LoggingConfig(_Section):
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "at2po"
+    wandb_run_name: str | None = None
+    progress: bool = True
+
+
+class CheckpointConfig(_Section):
+    every: int = Field(0, ge=0)  # save every N steps (0 = only at the end)
+    keep_last: int = Field(2, ge=1)
+    export_final: bool = True  # save_pretrained of the final policy into <output_dir>/final
+
+
+class RunConfig(_Section):
+    """The whole run. ``preset`` records which named preset the run started from."""
+
+    preset: str | None = None
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    credit: CreditConfig = Field(default_factory=CreditConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["rollout.m=10", "loss.name=turn"]`` → nested dict. Values are parsed as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"bad override {item!r}: expected KEY=VALUE, e.g. rollout.m=10")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config key {key!r}: cannot parse value {raw!r}: {exc}") from None
+        parts = key.split(".")
+        node = out
+        for i, p in enumerate(parts[:-1]):
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"config key {'.'.join(parts[: i + 1])!r} is a value, not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``update`` wins. Non-dict values replace."""
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown config key {key!r}")
+        else:
+            lines.append(f"config key {key!r}: {err['msg']} (got {err.get('input')!r})")
+    return f"invalid configuration ({source}):\n  " + "\n  ".join(lines)
+
+
+def validate_config(data: Mapping[str, Any], source: str = "config") -> RunConfig:
+    """Validate a nested dict into :class:`RunConfig`; errors name every offending key."""
+    try:
+        return RunConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(p)!r}: YAML error: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r}: top level must be a mapping of sections")
+    return data
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Sequence[str] = (), preset: str | None = None
+) -> RunConfig:
+    """Resolve a run config: defaults ← preset ← YAML file ← dotted overrides.
+
+    The preset comes from ``preset`` (CLI ``--preset``), else from a ``preset:`` key in the file or overrides.
+    """
+    from at2po.presets import get_preset
+
+    file_data = read_yaml(path) if path is not None else {}
+    over = parse_overrides(overrides)
+    name = preset or over.get("preset") or file_data.get("preset")
+    merged: dict[str, Any] = {}
+    if name is not None:
+        merged = deep_merge(get_preset(name), {"preset": name})
+    merged = deep_merge(merged, file_data)
+    merged = deep_merge(merged, over)
+    if name is not None:
+        merged["preset"] = name
+    source = ", ".join(s for s in (f"preset {name}" if name else "", str(path) if path else "", "overrides" if overrides else "") if s)
+    return validate_config(merged, source or "defaults")
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> Path:
+    """Write the fully resolved config as YAML (loadable again with :func:`load_config`)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return p

@@ -1,0 +1,149 @@
+"""The rollout driver: independent chains (GRPO/DAPO/GSPO), random trees (Tree-GRPO) and entropy-guided trees
+(AT²PO, spec Component 1), all trees advancing together in batched phases.
+
+A *branch* is an open trajectory waiting for its next turn. A phase generates the next turn of every open branch
+in one batched engine call, classifies each turn with ``env.parse_turn``, runs all tool calls of the phase in one
+``env.run_tools`` call (concurrent, with timeouts), and turns every tool call into a new branch whose context is
+the old one + the sampled ids + the observation ids (token in, token out: nothing is re-tokenised).
+
+Tree mode: M initial chains per prompt; then L rounds, each selecting K nodes per tree with
+``at2po.core.expansion.select_nodes_forest`` (score s(n) = H(n) − α·|children(parent(n))|, or uniform at random)
+and forking each selected node n: a new sibling of n is sampled from n's state — the context up to, not including,
+n's generated tokens (so including the observation that preceded n) — and rolled out to completion. Picking the
+root starts a new chain. Every branch ends in exactly one leaf, so a tree has M + L·K leaves.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from at2po.agent.env import AgentEnv, QAExample
+from at2po.core.expansion import select_nodes_forest
+from at2po.core.tree import TurnTree, stack_trees
+from at2po.rollout.engine import Engine
+from at2po.rollout.phase import Branch, PhaseRunner
+
+
+class RolloutConfig(BaseModel):
+    """Rollout settings. Token budgets count tokens after the prompt (generated + observation tokens)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["chain", "tree"] = "tree"
+    n: int = Field(16, ge=1, description="chains per prompt (chain mode)")
+    m: int = Field(10, ge=1, description="initial chains per tree (tree mode)")
+    l: int = Field(2, ge=0, description="expansion rounds")  # noqa: E741
+    k: int = Field(6, ge=0, description="nodes forked per tree per round")
+    alpha: float = Field(0.05, ge=0.0, description="branch penalty α in s(n) = H(n) − α·|siblings|")
+    expansion: Literal["entropy", "random"] = "entropy"
+    expand_leaves: bool = False  # allow leaves as fork candidates (the spec uses non-leaf nodes only)
+    max_turn_tokens: int = Field(512, ge=1)
+    max_response_tokens: int = Field(6192, ge=1, description="generated + observation tokens after the prompt")
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    seed: int = 0
+    tool_workers: int = Field(8, ge=1, description="threads for the fallback per-call tool execution")
+    tool_timeout_s: float = Field(30.0, gt=0, description="per-call timeout of the fallback tool execution")
+    max_concurrent_sequences: int = Field(64, ge=1, description="sequences per engine call")
+
+
+@dataclass
+class RolloutResult:
+    trees: list[TurnTree]  # one per example; tree.meta["example"] is the QAExample
+    metrics: dict[str, float]
+    phases: list[dict[str, float]] = field(default_factory=list)  # per phase: sequences, tokens, gen_s, tool_s, ...
+
+
+def rollout(engine: Engine, env: AgentEnv, examples: list[QAExample], cfg: RolloutConfig) -> RolloutResult:
+    """Roll out every example (chains or a tree each), score the leaves, and return the trees with metrics."""
+    if not examples:
+        raise ValueError("rollout: examples is empty")
+    t0 = time.perf_counter()
+    s0 = engine.stats().as_dict()
+    trees: list[TurnTree] = []
+    for i, ex in enumerate(examples):
+        prompt = list(env.prompt_ids(ex))
+        if not prompt:
+            raise ValueError(f"rollout: env.prompt_ids returned no tokens for example {i} ({ex.id or ex.question[:40]!r})")
+        trees.append(TurnTree(prompt_ids=prompt, meta={"example": ex, "mode": cfg.mode, "expansion": cfg.expansion}))
+    runner = PhaseRunner(engine, env, trees, cfg)
+    if cfg.mode == "chain":
+        runner.run([Branch(t, 0, [], "", 0, tree.prompt_ids) for t, tree in enumerate(trees) for _ in range(cfg.n)], 0)
+    else:
+        random_groups = cfg.expansion == "random"  # Tree-GRPO: each initial chain is its own group (tree)
+        next_group = [cfg.m] * len(trees)
+        runner.run(
+            [
+                Branch(t, 0, [], "", j if random_groups else 0, tree.prompt_ids)
+                for t, tree in enumerate(trees)
+                for j in range(cfg.m)
+            ],
+            0,
+        )
+        for r in range(1, cfg.l + 1):
+            arrays, _, offsets = stack_trees(trees)
+            picks = select_nodes_forest(
+                arrays.parent, arrays.entropy, arrays.is_leaf, cfg.k, cfg.alpha, cfg.expansion,
+                rng=np.random.default_rng([cfg.seed, r]), allow_leaves=cfg.expand_leaves,
+            )  # [n_trees, K] global node indices
+            branches: list[Branch] = []
+            for t, tree in enumerate(trees):
+                for g in picks[t]:
+                    if g < 0:
+                        continue
+                    n = int(g - offsets[t])
+                    if n == 0:  # the root: a new independent chain
+                        group = next_group[t] if random_groups else 0
+                        next_group[t] += random_groups
+                        branches.append(Branch(t, 0, [], "", group, tree.prompt_ids, forked_from=0))
+                    else:
+                        node = tree.nodes[n]
+                        branches.append(
+                            Branch(t, node.parent, node.obs_ids, node.obs_text, node.group, tree.context_ids(n), forked_from=n)
+                        )
+                        node.info["forks"] = node.info.get("forks", 0) + 1
+            runner.run(branches, r)
+    runner.score_leaves()
+    return RolloutResult(trees, _metrics(trees, runner, engine, s0, time.perf_counter() - t0), runner.phases)
+
+
+def _metrics(trees: list[TurnTree], runner: PhaseRunner, engine: Engine, s0: dict[str, Any], wall: float) -> dict[str, float]:
+    s1 = engine.stats().as_dict()
+    leaves = [(tree, i) for tree in trees for i in tree.leaves()]
+    depths = np.array([tree.depth(i) for tree, i in leaves], dtype=np.float64)
+    rewards = np.array([tree.nodes[i].reward for tree, i in leaves], dtype=np.float64)
+    resp = np.array([len(tree.context_ids(i, include_gen=True)) - len(tree.prompt_ids) for tree, i in leaves], dtype=np.float64)
+    ends = [tree.nodes[i].end.value for tree, i in leaves]
+    node_depths = [tree.depth(i) for tree in trees for i in range(1, len(tree.nodes))]
+    out = {
+        "generated_tokens": float(s1["generated_tokens"] - s0["generated_tokens"]),
+        "prefill_tokens": float(s1["prefill_tokens"] - s0["prefill_tokens"]),
+        "cached_tokens": float(s1["cached_tokens"] - s0["cached_tokens"]),
+        "tool_calls": float(runner.counts["tool_calls"]),
+        "tool_errors": float(runner.counts["tool_errors"]),
+        "invalid_turns": float(runner.counts["invalid_turns"]),
+        "limit_hits": float(runner.counts["limit_hits"]),
+        "turns": float(sum(len(t.nodes) - 1 for t in trees)),
+        "turns_mean": float(depths.mean()) if len(depths) else 0.0,
+        "depth_mean": float(np.mean(node_depths)) if node_depths else 0.0,
+        "leaves": float(len(leaves)),
+        "leaves_per_tree": float(len(leaves) / len(trees)),
+        "response_tokens_mean": float(resp.mean()) if len(resp) else 0.0,
+        "reward_mean": float(np.nanmean(rewards)) if len(rewards) else 0.0,
+        "truncated_frac": float(np.mean([e == "truncated" for e in ends])) if ends else 0.0,
+        "phases": float(len(runner.phases)),
+        "wall_s": wall,
+        "gen_s": float(sum(p["gen_s"] for p in runner.phases)),
+        "tool_s": float(sum(p["tool_s"] for p in runner.phases)),
+    }
+    metric_names = sorted({k for tree, i in leaves for k in tree.nodes[i].info.get("metrics", {})})
+    for k in metric_names:
+        vals = [tree.nodes[i].info.get("metrics", {}).get(k, np.nan) for tree, i in leaves]
+        out[f"env/{k}"] = float(np.nanmean(np.asarray(vals, dtype=np.float64)))
+    return out

@@ -1,0 +1,186 @@
+"""One batched phase of the rollout: generate the next turn of every open branch, classify, run tools.
+
+Used by :func:`at2po.rollout.driver.rollout`; see there for the chain/tree logic.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from at2po.agent.env import AgentEnv, ParsedTurn, ToolResult, TurnKind
+from at2po.agent.protocol import format_observation
+from at2po.core.tree import TurnEnd, TurnTree
+from at2po.rollout.engine import Engine, Generation, SamplingParams
+from at2po.rollout.sampling import derive_seed
+
+if TYPE_CHECKING:
+    from at2po.rollout.driver import RolloutConfig
+
+
+@dataclass
+class Branch:
+    """An open trajectory: its next turn becomes a child of ``parent`` in tree ``tree``."""
+
+    tree: int
+    parent: int
+    obs_ids: list[int]  # the observation that precedes the next turn (masked from the loss)
+    obs_text: str
+    group: int
+    context: list[int]  # prompt + every earlier (obs + gen) + obs_ids: exactly what the model sees
+    forked_from: int | None = None  # the node whose state this branch forks (tree mode), 0 for a new chain
+
+
+class PhaseRunner:
+    """Runs branches to completion phase by phase and records per-phase timings and counts."""
+
+    def __init__(self, engine: Engine, env: AgentEnv, trees: list[TurnTree], cfg: "RolloutConfig") -> None:
+        self.engine, self.env, self.trees, self.cfg = engine, env, trees, cfg
+        self.phases: list[dict[str, float]] = []
+        self.counts = {"tool_calls": 0, "tool_errors": 0, "invalid_turns": 0, "limit_hits": 0}
+        self.tokenizer = engine.tokenizer
+
+    # --- phases -------------------------------------------------------------------------------------
+    def run(self, branches: list[Branch], round_: int) -> None:
+        """Advance ``branches`` (and the branches their tool calls open) until every one ends in a leaf."""
+        while branches:
+            branches = self._phase(branches, round_)
+
+    def _budget(self, b: Branch) -> int:
+        used = len(b.context) - len(self.trees[b.tree].prompt_ids)
+        return min(self.cfg.max_turn_tokens, self.cfg.max_response_tokens - used, self.engine.max_model_len - len(b.context))
+
+    def _generate(self, branches: list[Branch]) -> list[Generation]:
+        cfg, env = self.cfg, self.env
+        gens: list[Generation] = []
+        step = 0
+        for lo in range(0, len(branches), cfg.max_concurrent_sequences):
+            chunk = branches[lo : lo + cfg.max_concurrent_sequences]
+            params = SamplingParams(
+                max_new_tokens=max(self._budget(b) for b in chunk),
+                temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                stop=tuple(env.stop_strings), stop_token_ids=tuple(env.stop_token_ids),
+                seed=derive_seed(cfg.seed, len(self.phases) * 1_000_003 + step),
+            )
+            gens.extend(self.engine.generate([b.context for b in chunk], params))
+            step += 1
+        # One call serves branches with different remaining budgets: cut each to its own (sampling is causal,
+        # so the kept tokens and log-probs are exactly those a shorter call would have produced).
+        for i, (b, g) in enumerate(zip(branches, gens)):
+            cap = self._budget(b)
+            if len(g.token_ids) > cap:
+                gens[i] = Generation(g.token_ids[:cap], g.logprobs[:cap], "length")
+        return gens
+
+    def _phase(self, branches: list[Branch], round_: int) -> list[Branch]:
+        t0 = time.perf_counter()
+        gen_before = self.engine.stats().generated_tokens
+        gens = self._generate(branches)
+        t_gen = time.perf_counter() - t0
+        calls: list[tuple[Branch, int, list[int], ParsedTurn]] = []
+        for b, g in zip(branches, gens):
+            tree = self.trees[b.tree]
+            text = self.tokenizer.decode(g.token_ids, skip_special_tokens=False)
+            n = tree.add_node(
+                b.parent, obs_ids=list(b.obs_ids), obs_text=b.obs_text, gen_ids=list(g.token_ids),
+                gen_logprobs=list(g.logprobs), text=text, group=b.group,
+            )
+            node = tree.nodes[n]
+            node.info["finish_reason"] = g.finish_reason
+            node.info["round"] = round_
+            if b.forked_from is not None:
+                node.info["forked_from"] = b.forked_from
+            ctx = b.context + list(g.token_ids)
+            if g.finish_reason == "length":  # cut by max_turn_tokens / max_response_tokens / model length
+                node.end = TurnEnd.TRUNCATED
+                continue
+            parsed = self.env.parse_turn(text)
+            node.info["parse"] = parsed.kind.value if parsed.error is None else f"{parsed.kind.value}:{parsed.error}"
+            if parsed.kind in (TurnKind.ANSWER, TurnKind.NO_ACTION):
+                node.end = TurnEnd.ANSWER
+                continue
+            if tree.num_tool_calls(b.parent) >= self.env.max_tool_calls:  # this call would exceed the limit
+                self.counts["limit_hits"] += 1
+                node.info["limit"] = True
+                if self.env.limit_mode == "end":
+                    node.end = TurnEnd.ERROR
+                    continue
+                parsed = ParsedTurn(kind=TurnKind.INVALID, error="limit", message=self.env.limit_notice())
+            node.end = TurnEnd.TOOL_CALL
+            node.tool_call = parsed.query if parsed.kind == TurnKind.TOOL_CALL else None
+            self.counts["invalid_turns"] += parsed.kind == TurnKind.INVALID and parsed.error != "limit"
+            calls.append((b, n, ctx, parsed))
+        t1 = time.perf_counter()
+        results = self._run_tools([c[3] for c in calls])
+        t_tool = time.perf_counter() - t1
+        out: list[Branch] = []
+        for (b, n, ctx, parsed), res in zip(calls, results):
+            tree = self.trees[b.tree]
+            node = tree.nodes[n]
+            if parsed.kind == TurnKind.TOOL_CALL:
+                self.counts["tool_calls"] += 1
+                self.counts["tool_errors"] += not res.ok
+                node.info["tool"] = {"ok": res.ok, "error": res.error, "latency_s": res.latency_s}
+            obs_ids = list(self.env.observation_ids(res.observation))
+            nxt = ctx + obs_ids
+            if len(nxt) - len(tree.prompt_ids) >= self.cfg.max_response_tokens or len(nxt) >= self.engine.max_model_len:
+                node.end = TurnEnd.TRUNCATED  # no room left for another turn after this observation
+                node.info["truncated"] = "after_observation"
+                continue
+            out.append(Branch(b.tree, n, obs_ids, res.observation, node.group, nxt))
+        self.phases.append(
+            {
+                "round": float(round_),
+                "sequences": float(len(branches)),
+                "generated_tokens": float(self.engine.stats().generated_tokens - gen_before),
+                "tool_calls": float(sum(c[3].kind == TurnKind.TOOL_CALL for c in calls)),
+                "gen_s": t_gen,
+                "tool_s": t_tool,
+                "wall_s": time.perf_counter() - t0,
+            }
+        )
+        return out
+
+    # --- tools --------------------------------------------------------------------------------------
+    def _run_tools(self, calls: list[ParsedTurn]) -> list[ToolResult]:
+        """``env.run_tools`` on the whole phase; should the env break its never-raise contract, fall back to one
+        call per thread with ``cfg.tool_timeout_s`` each, so one bad tool cannot stop the batch."""
+        if not calls:
+            return []
+        try:
+            results = list(self.env.run_tools(calls))
+            if len(results) != len(calls):
+                raise RuntimeError(f"env.run_tools returned {len(results)} results for {len(calls)} calls")
+            return results
+        except Exception:  # noqa: BLE001 - isolate the failing call below
+            pass
+        pool = ThreadPoolExecutor(self.cfg.tool_workers, thread_name_prefix="at2po-tool")
+        futures = [pool.submit(self.env.run_tools, [c]) if c.kind == TurnKind.TOOL_CALL else None for c in calls]
+        out: list[ToolResult] = []
+        for c, fut in zip(calls, futures):
+            if fut is None:  # corrective observations need no tool
+                out.append(ToolResult(observation=c.message or format_observation("Invalid turn."), ok=True))
+                continue
+            try:
+                out.append(fut.result(timeout=self.cfg.tool_timeout_s)[0])
+            except FutureTimeout:
+                out.append(ToolResult(format_observation("Search failed: it timed out."), ok=False, error="timeout"))
+            except Exception as exc:  # noqa: BLE001
+                msg = format_observation("Search failed: the tool raised an error.")
+                out.append(ToolResult(msg, ok=False, error=f"tool_error: {type(exc).__name__}: {exc}"))
+        pool.shutdown(wait=False, cancel_futures=True)
+        return out
+
+    # --- rewards ------------------------------------------------------------------------------------
+    def score_leaves(self) -> None:
+        """r(leaf) = env.reward(response text, example); info["metrics"] = env.metrics(...)."""
+        for tree in self.trees:
+            ex = tree.meta["example"]
+            for leaf in tree.leaves():
+                ids = tree.context_ids(leaf, include_gen=True)[len(tree.prompt_ids):]
+                text = self.tokenizer.decode(ids, skip_special_tokens=False)
+                tree.nodes[leaf].reward = float(self.env.reward(text, ex))
+                tree.nodes[leaf].info["metrics"] = dict(self.env.metrics(text, ex))

@@ -1,0 +1,147 @@
+"""Building the run's parts from the config: path checks (before any work), tokenizer, policy (full or LoRA),
+reference model, environment, datasets, and the deterministic prompt sampler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from at2po.config import ModelConfig, RunConfig
+
+_HOW = {
+    "model": (
+        "point model.path at a Hugging Face model directory (config.json + weights), e.g. "
+        "`python -c 'from at2po.models.smollm2 import convert_smollm2; print(convert_smollm2())'` for SmolLM2-135M-"
+        "Instruct, or run `at2po train` with no arguments to build a tiny model and the synthetic world"
+    ),
+    "train": "write a QA JSONL ({question, golden_answers}) with `at2po prepare --src FLASHRAG_DIR --out DATA_DIR`, or run `at2po train` with "
+    "no arguments for the synthetic world",
+    "test": "write a QA JSONL ({question, golden_answers}) with `at2po prepare --src FLASHRAG_DIR --out DATA_DIR`",
+    "index": "build one with `at2po index --corpus CORPUS.jsonl --out OUT_DIR` (or give an http(s):// retriever URL, see "
+    "`at2po serve-retriever`)",
+    "sft": "demonstrations come from the synthetic world's expert (`at2po.agent.world.make_world`) as sft.jsonl",
+}
+
+
+class MissingPathError(FileNotFoundError):
+    """A configured path does not exist; the message says which key and how to make it."""
+
+
+def check_paths(cfg: RunConfig, need: tuple[str, ...]) -> None:
+    """Fail before any work when a needed path is unset or missing. ``need`` ⊆ {model, train, test, index, sft}."""
+    problems: list[str] = []
+    for key in need:
+        value = cfg.model.path if key == "model" else getattr(cfg.data, key)
+        name = "model.path" if key == "model" else f"data.{key}"
+        if value is None:
+            problems.append(f"{name} is not set: {_HOW[key]}")
+            continue
+        if key == "index" and str(value).startswith(("http://", "https://")):
+            continue
+        p = Path(value)
+        ok = (p / "config.json").is_file() if key == "model" else (p.is_dir() if key == "index" else p.is_file())
+        if not ok:
+            what = "a model directory with config.json" if key == "model" else ("an index directory" if key == "index" else "a file")
+            problems.append(f"{name}={value!r} is not {what}: {_HOW[key]}")
+    if problems:
+        raise MissingPathError("missing inputs:\n  " + "\n  ".join(problems))
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token_id is None:  # right padding needs an id; masked positions never reach the loss
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_policy(mcfg: ModelConfig, weights_dir: str | Path | None = None, trainable: bool = True) -> torch.nn.Module:
+    """The policy in fp32 (bf16 autocast is applied by accelerate on GPU).
+
+    ``weights_dir`` resumes from a checkpoint's ``model/`` (a full model, or a LoRA adapter over ``mcfg.path``).
+    With ``mcfg.lora_r > 0`` the base is frozen and LoRA adapters (peft) are trained.
+    """
+    from transformers import AutoModelForCausalLM
+
+    base_dir = mcfg.path
+    adapter = weights_dir is not None and (Path(weights_dir) / "adapter_config.json").is_file()
+    if weights_dir is not None and not adapter:
+        base_dir = str(weights_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    if mcfg.gradient_checkpointing and trainable:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers ≥ 5.2x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if mcfg.lora_r > 0 and trainable:
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if adapter:
+            model = PeftModel.from_pretrained(model, str(weights_dir), is_trainable=True)
+        else:
+            lcfg = LoraConfig(
+                r=mcfg.lora_r, lora_alpha=mcfg.lora_alpha, lora_dropout=mcfg.lora_dropout,
+                target_modules=list(mcfg.lora_target_modules), task_type="CAUSAL_LM",
+            )
+            model = get_peft_model(model, lcfg)
+    if not trainable:
+        model.requires_grad_(False).eval()
+    return model
+
+
+def build_env(cfg: RunConfig, tokenizer: Any) -> Any:
+    from at2po.agent.retrievers import load_retriever
+    from at2po.agent.search_env import SearchEnv
+
+    return SearchEnv(tokenizer, load_retriever(str(cfg.data.index)), cfg.env)
+
+
+def build_engine(model: torch.nn.Module, tokenizer: Any, cfg: RunConfig) -> Any:
+    from at2po.rollout.hf_engine import HFEngine
+
+    return HFEngine(model, tokenizer, max_batch_sequences=cfg.rollout.max_concurrent_sequences)
+
+
+def load_examples(path: str | None, limit: int | None) -> list[Any]:
+    from at2po.agent.datasets import load_qa
+
+    return [] if path is None else load_qa(path, limit=limit)
+
+
+@dataclass
+class PromptSampler:
+    """Epoch-wise seeded permutations over ``n`` examples; ``state()``/``load()`` give the data position so a
+    resumed run draws exactly the prompts the uninterrupted run would have drawn."""
+
+    n: int
+    seed: int = 0
+    epoch: int = 0
+    offset: int = 0
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def next(self, k: int) -> list[int]:
+        if self.n == 0:
+            raise ValueError("PromptSampler: no examples")
+        out: list[int] = []
+        while len(out) < k:
+            perm = self._perm(self.epoch)
+            take = perm[self.offset : self.offset + k - len(out)]
+            out.extend(int(i) for i in take)
+            self.offset += len(take)
+            if self.offset >= self.n:
+                self.epoch, self.offset = self.epoch + 1, 0
+        return out
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def load(self, state: dict[str, int]) -> None:
+        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])

@@ -1,0 +1,114 @@
+"""Evaluation: greedy (or sampled, pass@k) chain rollouts over a QA set → per-source EM / F1 / format rate /
+tool calls / turns, as a JSON report and a rich table. Used by ``at2po eval`` and every ``eval.every`` steps.
+
+Metrics per trajectory come from the env (``env.metrics``: em, f1, format_ok, tool_calls — EM does not require
+the format, as in the paper). With ``eval.n = k > 1`` samples per question, ``em`` is the mean over samples
+(pass@1 estimate) and ``pass@k`` the fraction of questions with at least one exact match.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from at2po.config import RunConfig
+
+_KEYS = ("em", "f1", "format_ok", "tool_calls", "turns")
+
+
+def _records(trees: list[Any]) -> list[dict[str, Any]]:
+    out = []
+    for tree in trees:
+        ex = tree.meta["example"]
+        leaves = tree.leaves()
+        per = [tree.nodes[i].info.get("metrics", {}) for i in leaves]
+        rec: dict[str, Any] = {"id": ex.id, "source": ex.data_source, "samples": len(leaves)}
+        for key in ("em", "f1", "format_ok", "tool_calls"):
+            vals = [m.get(key, 0.0) for m in per]
+            rec[key] = float(np.mean(vals)) if vals else 0.0
+        rec["turns"] = float(np.mean([tree.depth(i) for i in leaves])) if leaves else 0.0
+        rec["pass"] = float(any(m.get("em", 0.0) >= 1.0 for m in per))
+        out.append(rec)
+    return out
+
+
+def summarize(records: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """Overall and per-source means of the per-question records."""
+
+    def agg(rs: list[dict[str, Any]]) -> dict[str, float]:
+        d = {k: float(np.mean([r[k] for r in rs])) for k in _KEYS}
+        if n > 1:
+            d[f"pass@{n}"] = float(np.mean([r["pass"] for r in rs]))
+        d["count"] = float(len(rs))
+        return d
+
+    by_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_source[r["source"]].append(r)
+    return {
+        "overall": agg(records) if records else {},
+        "per_source": {s: agg(rs) for s, rs in sorted(by_source.items())},
+        "n": n,
+        "records": records,
+    }
+
+
+def evaluate(engine: Any, env: Any, examples: list[Any], cfg: RunConfig, accelerator: Any = None, seed: int = 0) -> dict[str, Any]:
+    """Roll out every example as ``eval.n`` chains at ``eval.temperature`` (0 = greedy) and score them.
+
+    With several processes each evaluates its share and the records are gathered (every process gets the report).
+    """
+    from at2po.rollout.driver import rollout
+
+    rank = accelerator.process_index if accelerator is not None else 0
+    world = accelerator.num_processes if accelerator is not None else 1
+    mine = examples[: cfg.eval.max_examples][rank::world] if cfg.eval.max_examples else examples[rank::world]
+    rcfg = cfg.rollout.model_copy(
+        update={"mode": "chain", "n": cfg.eval.n, "temperature": cfg.eval.temperature, "seed": seed}
+    )
+    was_training = getattr(engine.model, "training", False) if hasattr(engine, "model") else False
+    if hasattr(engine, "model"):
+        engine.model.eval()
+    records: list[dict[str, Any]] = []
+    bs = cfg.eval.batch_prompts
+    for i in range(0, len(mine), bs):
+        res = rollout(engine, env, mine[i : i + bs], rcfg.model_copy(update={"seed": seed + i}))
+        records.extend(_records(res.trees))
+    engine.clear_cache()
+    if hasattr(engine, "model"):
+        engine.model.train(was_training)
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        records = gather_object(records)
+    return summarize(records, cfg.eval.n)
+
+
+def write_report(report: dict[str, Any], path: str | Path) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(report, indent=2))
+    return p
+
+
+def format_table(report: dict[str, Any], title: str = "evaluation") -> Any:
+    """A rich Table: one row per source plus the overall row."""
+    from rich.table import Table
+
+    n = report.get("n", 1)
+    cols = ["em", "f1", "format_ok", "tool_calls", "turns"] + ([f"pass@{n}"] if n > 1 else [])
+    table = Table(title=title)
+    table.add_column("source")
+    table.add_column("count", justify="right")
+    for c in cols:
+        table.add_column(c, justify="right")
+    rows = list(report["per_source"].items()) + [("overall", report["overall"])]
+    for name, d in rows:
+        if not d:
+            continue
+        table.add_row(name, f"{int(d['count'])}", *[f"{d[c]:.3f}" for c in cols])
+    return table

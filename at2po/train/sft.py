@@ -1,0 +1,136 @@
+"""SFT warm start on protocol demonstrations, with observation tokens masked exactly as in RL rows.
+
+Input (``sft.jsonl``, one demonstration per line, the synthetic world's expert writes it)::
+
+    {"question": str, "golden_answers": [str], "turns": [{"text": "<turn text>", "observation": "<obs>" | null}]}
+
+Each demonstration becomes a one-chain :class:`~at2po.core.tree.TurnTree` — prompt ids from ``env.prompt_ids``,
+each turn's text tokenised by itself (the final turn gets the end-of-turn token the engine would stop on), each
+observation tokenised by ``env.observation_ids`` and placed before the next turn — and is flattened with
+``at2po.rollout.rows.flatten``: the very function that builds RL rows. The loss is the token-mean negative
+log-likelihood over generated tokens only: L = −(1/Σ M) Σ_t M_t log π_θ(y_t | y_<t).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from at2po.agent.env import QAExample
+from at2po.config import RunConfig, save_config
+from at2po.core.tree import TurnEnd, TurnTree
+from at2po.train.batching import collate, micro_batches
+from at2po.train.logprobs import token_log_probs
+
+
+class DemoError(ValueError):
+    """A demonstration line that cannot be used; the message names ``file:line``."""
+
+
+def read_demos(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+    p = Path(path)
+    demos = []
+    for lineno, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DemoError(f"{p}:{lineno}: invalid JSON ({exc.msg})") from None
+        turns = d.get("turns") if isinstance(d, dict) else None
+        if not isinstance(d, dict) or not isinstance(d.get("question"), str) or not isinstance(turns, list) or not turns:
+            raise DemoError(f"{p}:{lineno}: expected {{question, golden_answers, turns: [{{text, observation}}]}}")
+        for j, t in enumerate(turns):
+            if not isinstance(t, dict) or not isinstance(t.get("text"), str):
+                raise DemoError(f"{p}:{lineno}: turns[{j}] needs a 'text' string")
+        demos.append(d)
+        if limit is not None and len(demos) >= limit:
+            break
+    if not demos:
+        raise DemoError(f"{p}: no demonstrations")
+    return demos
+
+
+def demo_tree(demo: dict[str, Any], env: Any, tokenizer: Any) -> TurnTree:
+    """One demonstration → a single-chain turn tree (token ids exactly as a rollout would hold them)."""
+    ex = QAExample(question=demo["question"], golden_answers=list(demo.get("golden_answers") or []))
+    tree = TurnTree(prompt_ids=list(env.prompt_ids(ex)), meta={"example": ex})
+    end_id = env.stop_token_ids[0] if env.stop_token_ids else tokenizer.eos_token_id
+    parent, obs_ids, obs_text = 0, [], ""
+    turns = demo["turns"]
+    for k, turn in enumerate(turns):
+        final = k == len(turns) - 1
+        gen = list(tokenizer(turn["text"], add_special_tokens=False)["input_ids"])
+        if final:
+            gen.append(int(end_id))  # the engine stops on (and keeps) the end-of-turn token
+        parent = tree.add_node(
+            parent, obs_ids=obs_ids, obs_text=obs_text, gen_ids=gen, gen_logprobs=[0.0] * len(gen),
+            text=turn["text"], end=TurnEnd.ANSWER if final else TurnEnd.TOOL_CALL,
+        )
+        obs_text = turn.get("observation") or ""
+        obs_ids = env.observation_ids(obs_text) if obs_text else []
+    tree.nodes[parent].reward = 1.0
+    return tree
+
+
+def sft(cfg: RunConfig, out_dir: str | Path | None = None) -> Path:
+    """Fine-tune ``model.path`` on ``data.sft``; writes an HF model dir (default ``<train.output_dir>/sft``)."""
+    from accelerate.utils import set_seed
+
+    from at2po.agent.search_env import SearchEnv
+    from at2po.rollout.rows import flatten
+    from at2po.train.checkpoint import export_final
+    from at2po.train.components import check_paths, load_policy, load_tokenizer
+    from at2po.train.logging import RunLogger
+    from at2po.train.trainer import make_accelerator
+
+    check_paths(cfg, ("model", "sft"))
+    out = Path(out_dir or cfg.sft.output_dir or Path(cfg.train.output_dir) / "sft")
+    acc = make_accelerator(cfg.train.precision)
+    set_seed(cfg.train.seed)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
+    # Only prompt and observation formatting are used here, so no retriever is needed.
+    env = SearchEnv(tokenizer, None, cfg.env)  # type: ignore[arg-type]
+    rows = flatten([demo_tree(d, env, tokenizer) for d in read_demos(str(cfg.data.sft), cfg.sft.max_examples)])
+    batch = collate(rows, int(tokenizer.pad_token_id))
+    model = load_policy(cfg.model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.sft.lr)
+    model, optimizer = acc.prepare(model, optimizer)
+    log = RunLogger(out.with_name(out.name + "-logs"), enabled=acc.is_main_process, tensorboard=cfg.logging.tensorboard)
+    if acc.is_main_process:
+        save_config(cfg, log.run_dir / "config.yaml")
+    rng = np.random.default_rng(cfg.train.seed)
+    idx = np.arange(len(rows))[acc.process_index :: acc.num_processes]
+    step = 0
+    model.train()
+    for epoch in range(cfg.sft.epochs):
+        t0 = time.perf_counter()
+        order = rng.permutation(idx)
+        for s in range(0, len(order), cfg.sft.batch_rows):
+            part = order[s : s + cfg.sft.batch_rows]
+            n_tok = float(batch.response_mask[part].sum())
+            groups = micro_batches(batch.attention_mask[part].sum(-1).tolist(), cfg.train.micro_batch_tokens)
+            total = 0.0
+            for g in groups:
+                sub = batch.select([int(part[i]) for i in g]).to(acc.device)
+                with acc.autocast():
+                    lp = token_log_probs(model, sub.input_ids, sub.attention_mask)
+                nll = -(lp.float() * sub.response_mask).sum() / max(n_tok, 1.0)  # token-mean over the batch
+                acc.backward(nll)
+                total += float(nll.detach())
+            gnorm = acc.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+            if math.isfinite(total) and math.isfinite(float(gnorm)):
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            log.log(step, {"sft/nll": total, "sft/grad_norm": float(gnorm), "sft/epoch": epoch})
+        log.print(f"sft epoch {epoch + 1}/{cfg.sft.epochs} | nll {total:.4f} | {time.perf_counter() - t0:.1f}s")
+    log.close()
+    export_final(acc, model, tokenizer, out)
+    return out

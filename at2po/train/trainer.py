@@ -1,0 +1,232 @@
+"""The RL loop, top to bottom (CleanRL-style): one step =
+
+    rollout (chains or trees, tool calls) → rewards (on leaves, by the env) → credit (at2po.core.credit)
+    → old log-probs recomputed here (+ reference log-probs when KL is on)
+    → PPO epochs over prompt mini-batches, token-budget micro-batches with gradient accumulation
+    → AdamW step with grad clipping and the LR schedule → metrics, eval, checkpoint.
+
+Runs on ``accelerate`` (one process, or ``accelerate launch --num_processes N``: each process rolls out its
+share of the prompts, gradients are all-reduced). fp32 on CPU, bf16 autocast on GPU. Everything is seeded;
+rollout seeds are derived from (seed, step, process), so a resumed run repeats the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from at2po.config import RunConfig, save_config
+from at2po.train import checkpoint as ckpt
+from at2po.train.components import (
+    PromptSampler,
+    build_engine,
+    build_env,
+    check_paths,
+    load_examples,
+    load_policy,
+    load_tokenizer,
+)
+from at2po.train.experience import apply_overlong_penalty, build_batch, collect, tree_metrics
+from at2po.train.logging import RunLogger
+from at2po.train.update import NonFiniteGuard, compute_log_probs, ppo_update
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps_done: int
+    final_dir: Path | None
+    evals: dict[int, dict[str, Any]] = field(default_factory=dict)  # step → eval summary (main process)
+
+
+def make_accelerator(precision: str) -> Any:
+    from accelerate import Accelerator
+
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() else "fp32"
+    # cpu=True without a GPU: under a multi-process launcher this selects the gloo MULTI_CPU backend.
+    return Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=not torch.cuda.is_available())
+
+
+def train(
+    cfg: RunConfig, resume: bool = False, model_hook: Callable[[torch.nn.Module], None] | None = None
+) -> TrainResult:
+    """Run RL training as configured; ``resume`` continues from the latest checkpoint in ``train.output_dir``.
+
+    ``model_hook(policy)`` is called once on the loaded policy before training (an extension point: freeze
+    layers, register forward hooks for inspection or fault injection).
+    """
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    from at2po.train.evaluate import evaluate, format_table, write_report
+
+    # --- 0. fail fast on missing inputs, before loading anything ------------------------------------------
+    check_paths(cfg, ("model", "train", "index") + (("test",) if cfg.data.test else ()))
+    acc = make_accelerator(cfg.train.precision)
+    rank, world = acc.process_index, acc.num_processes
+    for key in ("batch_prompts", "mini_batch_prompts"):  # both are global: each process takes an equal share
+        if getattr(cfg.train, key) % world:
+            raise ValueError(f"train.{key}={getattr(cfg.train, key)} must be divisible by the {world} processes")
+    run_dir = Path(cfg.train.output_dir)
+    last = ckpt.latest_checkpoint(run_dir) if resume else None
+    set_seed(cfg.train.seed + rank)
+
+    # --- 1. model, optimizer, schedule ----------------------------------------------------------------------
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
+    model = load_policy(cfg.model, weights_dir=(last / "model") if last else None)
+    if model_hook is not None:
+        model_hook(model)
+    ref_model = load_policy(cfg.model, trainable=False).to(acc.device) if cfg.loss.kl_coef > 0 else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay
+    )
+    n_chunks = max(1, cfg.train.batch_prompts // cfg.train.mini_batch_prompts)
+    total_updates = cfg.train.steps * cfg.train.ppo_epochs * n_chunks
+    scheduler = get_scheduler(cfg.optim.schedule, optimizer, cfg.optim.warmup_updates, total_updates)
+    # The scheduler is stepped by hand once per update (accelerate's wrapper would step it once per process).
+    model, optimizer = acc.prepare(model, optimizer)
+    policy = acc.unwrap_model(model)
+    engine = build_engine(policy, tokenizer, cfg)
+    env = build_env(cfg, tokenizer)
+    pad_id = int(tokenizer.pad_token_id)
+
+    # --- 2. data and state --------------------------------------------------------------------------------
+    train_set = load_examples(cfg.data.train, cfg.data.max_train_examples)
+    test_set = load_examples(cfg.data.test, cfg.data.max_test_examples)
+    if not train_set:
+        raise ValueError(f"data.train={cfg.data.train!r} has no examples")
+    sampler = PromptSampler(len(train_set), seed=cfg.train.seed)
+    start = 0
+    if last is not None:
+        state = ckpt.load_checkpoint(last, acc, optimizer, scheduler)
+        start = int(state["step"])
+        sampler.load(state["data"])
+    guard = NonFiniteGuard(cfg.train.max_nonfinite_steps)
+    log = RunLogger(
+        run_dir, enabled=acc.is_main_process, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
+        wandb_project=cfg.logging.wandb_project, wandb_run_name=cfg.logging.wandb_run_name,
+        config=cfg.model_dump(mode="json"), resume_step=start if last else None,
+    )
+    if acc.is_main_process:
+        save_config(cfg, run_dir / "config.yaml")
+        if last:
+            log.print(f"resuming from {last} (step {start})")
+    result = TrainResult(run_dir=run_dir, steps_done=start, final_dir=None)
+
+    def run_eval(step: int) -> None:
+        if not test_set:
+            return
+        report = evaluate(engine, env, test_set, cfg, acc, seed=cfg.train.seed + 104_729 * step)
+        if acc.is_main_process:
+            write_report(report, run_dir / "eval" / f"step-{step:08d}.json")
+            log.log(step, {f"eval/{k}": v for k, v in report["overall"].items()})
+            log.print(format_table(report, title=f"eval @ step {step}"))
+            result.evals[step] = report["overall"]
+
+    try:
+        if start == 0:
+            run_eval(0)
+
+        local_prompts = cfg.train.batch_prompts // world
+        if cfg.logging.progress:
+            log.start_progress(cfg.train.steps, completed=start)
+        for step in range(start + 1, cfg.train.steps + 1):
+            t_step = time.perf_counter()
+            # --- 3. rollout → rewards (leaves) ------------------------------------------------------------------
+            policy.eval()
+            engine.reset_stats()
+
+            def next_examples(k: int) -> list[Any]:
+                idx = sampler.next(k * world)  # every process advances the global sampler identically
+                return [train_set[i] for i in idx[rank::world]]
+
+            t0 = time.perf_counter()
+            trees, metrics = collect(engine, env, next_examples, local_prompts, cfg, seed=_rollout_seed(cfg, step, rank))
+            metrics["time/rollout_s"] = time.perf_counter() - t0
+            metrics["rollout/overlong_penalised"] = float(apply_overlong_penalty(
+                trees, cfg.rollout.max_response_tokens, cfg.train.overlong_buffer, cfg.train.overlong_penalty
+            ))
+            metrics.update(tree_metrics(trees))
+            if metrics.get("rollout/all_equal_reward") and acc.is_main_process:
+                log.print(f"[yellow]step {step}: every reward in the rollout batch is equal "
+                          f"({metrics['rollout/reward_mean']:+.2f}): no learning signal[/yellow]")
+
+            # --- 4. credit → batch with per-token advantages ---------------------------------------------------
+            batch = row_tree = None
+            if trees:
+                batch, row_tree, m = build_batch(trees, cfg, pad_id)
+                metrics.update(m)
+
+                # --- 5. old (and reference) log-probs, recomputed by the trainer with the current weights ----
+                t0 = time.perf_counter()
+                batch.old_log_prob = compute_log_probs(
+                    model, batch, cfg.train.micro_batch_tokens, cfg.rollout.temperature, acc.device, acc.autocast
+                )
+                if ref_model is not None:
+                    batch.ref_log_prob = compute_log_probs(
+                        ref_model, batch, cfg.train.micro_batch_tokens, cfg.rollout.temperature, acc.device, acc.autocast
+                    )
+                resp = batch.response_mask.bool()
+                metrics["actor/sampler_logprob_gap"] = float((batch.old_log_prob - batch.sample_log_prob)[resp].abs().mean())
+                metrics["time/old_logprob_s"] = time.perf_counter() - t0
+
+            # --- 6. PPO epochs: mini-batches of prompts, micro-batches of tokens, AdamW -------------------------
+            t0 = time.perf_counter()
+            rng = np.random.default_rng([cfg.train.seed, step, rank])
+            stats = ppo_update(acc, model, optimizer, scheduler, batch, row_tree, cfg, rng, pad_id)
+            engine.clear_cache()  # cached key/values belong to the old weights
+            metrics.update(stats.as_dict())
+            metrics["time/update_s"] = time.perf_counter() - t0
+            metrics["time/step_s"] = time.perf_counter() - t_step
+
+            # --- 7. log, guard, eval, checkpoint ----------------------------------------------------------------
+            metrics = _reduce_metrics(acc, metrics)
+            log.log(step, metrics)
+            log.print(log.summary_line(step, cfg.train.steps, metrics))
+            log.advance()
+            guard.step(stats.skipped, step)  # raises NonFiniteError after too many bad steps in a row
+            result.steps_done = step
+            if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
+                run_eval(step)
+            if step == cfg.train.steps or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
+                ckpt.save_checkpoint(
+                    run_dir, step, acc, model, tokenizer, optimizer, scheduler,
+                    {"data": sampler.state(), "preset": cfg.preset}, keep_last=cfg.checkpoint.keep_last,
+                )
+
+        if result.steps_done == cfg.train.steps:
+            run_eval(cfg.train.steps)
+            if cfg.checkpoint.export_final:
+                result.final_dir = ckpt.export_final(acc, model, tokenizer, run_dir / "final")
+    finally:  # also on NonFiniteError / KeyboardInterrupt: close the progress bar, TensorBoard, tool threads
+        log.close()
+        env.close()
+    return result
+
+
+def _rollout_seed(cfg: RunConfig, step: int, rank: int) -> int:
+    return int(cfg.rollout.seed + 1_000_003 * step + 7_919 * 97 * rank) % (2**31 - 1)
+
+
+def _reduce_metrics(acc: Any, metrics: dict[str, float]) -> dict[str, float]:
+    """Average every metric over processes (one all-reduce over a fixed, sorted key set)."""
+    if acc.num_processes == 1:
+        return metrics
+    from accelerate.utils import gather_object
+
+    all_metrics = gather_object([metrics])
+    keys = sorted(set().union(*all_metrics))
+    out: dict[str, float] = {}
+    for k in keys:
+        vals = [m[k] for m in all_metrics if k in m and isinstance(m[k], (int, float)) and math.isfinite(m[k])]
+        out[k] = float(np.mean(vals)) if vals else math.nan
+    return out

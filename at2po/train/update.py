@@ -1,0 +1,184 @@
+"""The policy update of one RL step: old/ref log-probs, then PPO epochs over prompt mini-batches with
+token-budget micro-batch gradient accumulation, grad clipping, and the non-finite guard.
+
+Loss weighting across micro-batches reproduces the mini-batch aggregate exactly: for ``token-mean`` each
+micro-batch loss is weighted by its share of the mini-batch's response tokens, for the ``seq-mean-*`` modes by
+its share of the mini-batch's rows, so accumulating gradients equals one big forward/backward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from at2po.config import RunConfig
+from at2po.core.losses import policy_loss
+from at2po.train.batching import Batch, micro_batches, prompt_mini_batches
+from at2po.train.logprobs import token_log_probs
+
+
+class NonFiniteError(RuntimeError):
+    """Raised when too many consecutive steps had a NaN/inf loss or gradient."""
+
+
+@dataclass
+class NonFiniteGuard:
+    """Counts consecutive steps with skipped (non-finite) updates and stops the run after ``limit`` of them."""
+
+    limit: int
+    consecutive: int = 0
+    total_skipped: int = 0
+
+    def step(self, skipped_updates: int, step: int) -> None:
+        self.total_skipped += skipped_updates
+        self.consecutive = self.consecutive + 1 if skipped_updates else 0
+        if self.consecutive >= self.limit:
+            raise NonFiniteError(
+                f"stopping at step {step}: {self.consecutive} consecutive steps had a NaN/inf loss or gradient "
+                f"(updates skipped, weights unchanged). Lower optim.lr, check the data/rewards, or raise "
+                f"train.max_nonfinite_steps (now {self.limit})."
+            )
+
+
+@dataclass
+class UpdateStats:
+    updates: int = 0
+    skipped: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, value: float) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + value
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def as_dict(self) -> dict[str, float]:
+        out = {f"actor/{k}": v / self.counts[k] for k, v in self.sums.items()}
+        out.update({"actor/updates": float(self.updates), "actor/skipped_updates": float(self.skipped)})
+        return out
+
+
+@torch.no_grad()
+def compute_log_probs(
+    model: torch.nn.Module, batch: Batch, budget_tokens: int, temperature: float, device: torch.device, autocast: Any
+) -> torch.Tensor:
+    """π(y_t | ·) for every row of ``batch`` with the current weights, in token-budget micro-batches: ``[B, T]``."""
+    out = torch.zeros_like(batch.response_mask)
+    lengths = batch.attention_mask.sum(-1).tolist()
+    was_training = model.training
+    model.eval()  # no dropout: old log-probs must be a deterministic function of the weights
+    for mb in micro_batches(lengths, budget_tokens):
+        sub = batch.select(mb).to(device)
+        with autocast():
+            lp = token_log_probs(model, sub.input_ids, sub.attention_mask, temperature)
+        out[torch.as_tensor(mb), : lp.shape[1]] = lp.float().cpu()
+    model.train(was_training)
+    return out
+
+
+def _loss_kwargs(cfg: RunConfig, sub: Batch) -> dict[str, Any]:
+    lo, hi = cfg.loss.clips()
+    kw: dict[str, Any] = dict(
+        turn_ids=sub.turn_ids, clip_low=lo, clip_high=hi, agg=cfg.loss.agg, clip_ratio_c=cfg.loss.clip_ratio_c
+    )
+    if cfg.loss.kl_coef > 0:
+        kw.update(ref_log_prob=sub.ref_log_prob, kl_coef=cfg.loss.kl_coef, kl_estimator=cfg.loss.kl_estimator)
+    return kw
+
+
+def ppo_update(
+    accelerator: Any,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    batch: Batch | None,
+    tree_index: np.ndarray | None,
+    cfg: RunConfig,
+    rng: np.random.Generator,
+    pad_id: int,
+) -> UpdateStats:
+    """PPO epochs over ``batch`` (old log-probs and advantages already filled).
+
+    Each epoch shuffles the prompts and splits them into ``batch_prompts / mini_batch_prompts`` mini-batches
+    (the same count on every process, so data-parallel gradient all-reduces line up); each mini-batch is one
+    AdamW step after clipping the global grad norm to ``optim.max_grad_norm``. A mini-batch whose loss or grad
+    norm is NaN/inf is skipped (gradients dropped, weights untouched) and counted.
+    """
+    stats = UpdateStats()
+    n_rows = torch.tensor(float(len(batch) if batch is not None else 0), device=accelerator.device)
+    if float(accelerator.reduce(n_rows, reduction="sum")) == 0:
+        return stats  # nothing to learn from on any process (e.g. dynamic sampling kept no prompt)
+    if tree_index is None:
+        tree_index = np.zeros(0, dtype=np.int64)
+    n_chunks = max(1, cfg.train.batch_prompts // cfg.train.mini_batch_prompts)
+    token_mean = cfg.loss.agg == "token-mean"
+    model.train()
+    for _epoch in range(cfg.train.ppo_epochs):
+        for rows in prompt_mini_batches(tree_index, n_chunks, rng):
+            present = torch.tensor(float(len(rows)), device=accelerator.device)
+            if accelerator.num_processes > 1:
+                present = accelerator.reduce(present, reduction="sum")
+            if float(present) == 0:
+                continue  # an empty mini-batch everywhere: no update (AdamW would still decay the weights)
+            groups: list[list[int]] = []
+            denom = 1.0
+            if batch is not None and len(rows):
+                lengths = batch.attention_mask[rows].sum(-1).tolist()
+                groups = [[int(rows[i]) for i in g] for g in micro_batches(lengths, cfg.train.micro_batch_tokens)]
+                denom = float(batch.response_mask[rows].sum()) if token_mean else float(len(rows))
+            bad = torch.zeros((), device=accelerator.device)
+            if not groups:  # no prompts here on this process: still join the all-reduce with a zero gradient
+                _dummy_backward(accelerator, model, pad_id)
+            for j, g in enumerate(groups):
+                assert batch is not None
+                sub = batch.select(g).to(accelerator.device)
+                share = (float(sub.response_mask.sum()) if token_mean else float(len(g))) / max(denom, 1.0)
+                sync = j == len(groups) - 1
+                ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
+                with ctx:
+                    ent_kw: dict[str, Any] = {}
+                    with accelerator.autocast():
+                        out = token_log_probs(
+                            model, sub.input_ids, sub.attention_mask, cfg.rollout.temperature,
+                            with_entropy=cfg.loss.entropy_coef > 0,
+                        )
+                    if isinstance(out, tuple):
+                        log_prob, ent = out
+                        ent_kw = dict(entropy=ent.float(), entropy_coef=cfg.loss.entropy_coef)
+                    else:
+                        log_prob = out
+                    loss, metrics = policy_loss(
+                        cfg.loss.name, log_prob.float(), sub.old_log_prob, sub.advantages, sub.response_mask,
+                        **_loss_kwargs(cfg, sub), **ent_kw,
+                    )
+                    accelerator.backward(loss * share)
+                bad = bad + (~torch.isfinite(loss.detach())).float()
+                stats.add("loss", float(loss.detach()))
+                for k, v in metrics.items():
+                    stats.add(k, float(v))
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+            bad = bad + (~torch.isfinite(torch.as_tensor(grad_norm, device=accelerator.device))).float()
+            if float(accelerator.reduce(bad, reduction="sum")) > 0:
+                stats.skipped += 1  # skip: the NaN/inf gradient must never reach the weights or AdamW moments
+            else:
+                optimizer.step()
+                scheduler.step()  # the schedule counts applied updates only
+                stats.updates += 1
+                stats.add("grad_norm", float(grad_norm))
+            optimizer.zero_grad(set_to_none=True)
+    if stats.updates + stats.skipped and "grad_norm" not in stats.sums:
+        stats.sums["grad_norm"], stats.counts["grad_norm"] = math.nan, 1
+    stats.add("lr", float(scheduler.get_last_lr()[0]))
+    return stats
+
+
+def _dummy_backward(accelerator: Any, model: torch.nn.Module, pad_id: int) -> None:
+    """A zero-valued backward through every parameter, so DDP's all-reduce has a partner on this process."""
+    ids = torch.full((1, 2), pad_id, dtype=torch.long, device=accelerator.device)
+    with accelerator.autocast():
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+    accelerator.backward(out.float().sum() * 0.0)

@@ -1,0 +1,205 @@
+"""Rollout benchmark on the synthetic world: entropy tree vs chains, prefix reuse, engine vs ``model.generate``.
+
+    python benchmarks/rollout_bench.py [--prompts 8] [--m 10 --l 2 --k 6] [--device cpu|cuda]
+
+1. builds the synthetic world (``make_world``), a tiny model (byte-level BPE trained on the world + random Llama) and
+   warm-starts it for a few hundred SFT steps on the world's expert demonstrations, so the policy actually searches
+   (multi-turn trajectories with real BM25 calls; cached under ``--out`` for reruns);
+2. rolls out the same test prompts as an entropy-guided tree (M + L·K leaves) and as M + L·K independent chains,
+   and the same tree again with the prefix cache off;
+3. measures HF-engine sampling throughput against ``model.generate`` on equal work (batch ≥ 16, fixed length).
+
+Ends with one ``ratio.<name>=<value>`` line per ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+
+
+def build_policy(out: Path, world, steps: int, seed: int, device: str):
+    """Tiny model trained for ``steps`` SFT steps on the expert demos (cached in ``out/policy``)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from at2po.agent.env import QAExample
+    from at2po.agent.prompts import build_prompt_ids
+    from at2po.agent.protocol import INSTRUCTION
+    from at2po.models.tiny import build_tiny_model
+
+    pol = out / "policy"
+    demos = [json.loads(line) for line in open(world.sft, encoding="utf-8")]
+    if not (pol / "sft_done.json").is_file() or json.loads((pol / "sft_done.json").read_text())["steps"] != steps:
+        texts = [INSTRUCTION] + [json.loads(line)["text"] for line in open(world.corpus, encoding="utf-8")]
+        texts += [d["question"] for d in demos] + [t["text"] for d in demos for t in d["turns"]]
+        texts += [t["observation"] for d in demos for t in d["turns"] if t["observation"]]
+        build_tiny_model(texts, pol, vocab_size=1024, seed=seed, hidden_size=96, intermediate_size=192,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+        tok = AutoTokenizer.from_pretrained(pol)
+        model = AutoModelForCausalLM.from_pretrained(pol).to(device)
+        seqs = []
+        for d in demos:  # token in, token out: each turn tokenised by itself, eos after the final turn
+            ids = build_prompt_ids(tok, QAExample(d["question"], d["golden_answers"]).question)
+            mask = [0] * len(ids)
+            for t in d["turns"]:
+                gen = tok(t["text"], add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if t["observation"] is None else [])
+                ids, mask = ids + gen, mask + [1] * len(gen)
+                if t["observation"]:
+                    obs = tok(t["observation"], add_special_tokens=False)["input_ids"]
+                    ids, mask = ids + obs, mask + [0] * len(obs)
+            seqs.append((ids, mask))
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+        rng = random.Random(seed)
+        t0 = time.perf_counter()
+        for step in range(steps):
+            batch = rng.sample(seqs, 16)
+            T = max(len(s[0]) for s in batch)
+            ids = torch.full((16, T), tok.pad_token_id)
+            lab = torch.full((16, T), -100)
+            for b, (s, m) in enumerate(batch):
+                ids[b, : len(s)] = torch.tensor(s)
+                lab[b, : len(s)] = torch.where(torch.tensor(m) == 1, torch.tensor(s), -100)
+            for g in opt.param_groups:
+                g["lr"] = 3e-3 * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / steps))
+            loss = model(input_ids=ids.to(device), labels=lab.to(device)).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad()
+            if step % 50 == 0 or step == steps - 1:
+                print(f"  sft step {step:4d} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+        model.save_pretrained(pol)
+        (pol / "sft_done.json").write_text(json.dumps({"steps": steps, "loss": loss.item()}))
+    tok = AutoTokenizer.from_pretrained(pol)
+    return AutoModelForCausalLM.from_pretrained(pol).to(device).eval(), tok
+
+
+def timed_rollout(engine, env, examples, cfg):
+    from at2po.rollout.driver import rollout
+
+    engine.clear_cache()
+    engine.reset_stats()
+    t0 = time.perf_counter()
+    res = rollout(engine, env, examples, cfg)
+    res.metrics["wall_s"] = time.perf_counter() - t0
+    return res
+
+
+def throughput(model, tok, contexts, new_tokens: int, reps: int) -> tuple[float, float]:
+    """Generated tokens/s of HFEngine and of ``model.generate`` on the same contexts, both sampling exactly
+    ``new_tokens`` tokens per sequence (no early stop), best of ``reps``."""
+    from at2po.rollout.engine import SamplingParams
+    from at2po.rollout.hf_engine import HFEngine
+
+    eng = HFEngine(model, tok, prefix_cache=False, stop_at_eos=False, max_batch_sequences=len(contexts))
+    params = SamplingParams(max_new_tokens=new_tokens, temperature=1.0, seed=0)
+    T = max(map(len, contexts))
+    pad = tok.pad_token_id
+    ids = torch.tensor([[pad] * (T - len(c)) + c for c in contexts], device=model.device)  # left padding
+    att = torch.tensor([[0] * (T - len(c)) + [1] * len(c) for c in contexts], device=model.device)
+    best_e = best_g = float("inf")
+    for _ in range(reps):
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        gens = eng.generate(contexts, params)
+        best_e = min(best_e, time.perf_counter() - t0)
+        assert all(len(g.token_ids) == new_tokens for g in gens)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=att, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                 max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        best_g = min(best_g, time.perf_counter() - t0)
+        assert out.shape[1] == T + new_tokens
+    n = len(contexts) * new_tokens
+    return n / best_e, n / best_g
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/at2po_rollout_bench"))
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--m", type=int, default=10)
+    ap.add_argument("--l", type=int, default=2)
+    ap.add_argument("--k", type=int, default=6)
+    ap.add_argument("--max-turn-tokens", type=int, default=96)
+    ap.add_argument("--sft-steps", type=int, default=300)
+    ap.add_argument("--throughput-batch", type=int, default=16)
+    ap.add_argument("--throughput-tokens", type=int, default=64)
+    ap.add_argument("--throughput-model", choices=["policy", "smollm2"], default="policy")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from at2po.agent.env import QAExample
+    from at2po.agent.retrievers.bm25 import BM25Retriever
+    from at2po.agent.search_env import EnvConfig, SearchEnv
+    from at2po.agent.world import make_world
+    from at2po.rollout.driver import RolloutConfig
+    from at2po.rollout.hf_engine import HFEngine
+
+    t0 = time.perf_counter()
+    world = make_world(args.out / "world", seed=args.seed)
+    model, tok = build_policy(args.out, world, args.sft_steps, args.seed, args.device)
+    print(f"world + policy ready in {time.perf_counter() - t0:.0f}s ({sum(p.numel() for p in model.parameters())/1e6:.2f}M params)")
+    env = SearchEnv(tok, BM25Retriever.load(world.index), EnvConfig())
+    rows = [json.loads(line) for line in open(world.test, encoding="utf-8")][: args.prompts]
+    examples = [QAExample(r["question"], r["golden_answers"], id=r["id"]) for r in rows]
+    leaves = args.m + args.l * args.k
+    base = dict(max_turn_tokens=args.max_turn_tokens, max_response_tokens=2048, seed=args.seed, max_concurrent_sequences=256)
+    tree_cfg = RolloutConfig(mode="tree", m=args.m, l=args.l, k=args.k, **base)
+    chain_cfg = RolloutConfig(mode="chain", n=leaves, **base)
+    eng = HFEngine(model, tok, max_batch_sequences=256)
+    timed_rollout(eng, env, examples[:2], RolloutConfig(mode="chain", n=2, **base))  # warm-up
+    runs = {
+        "tree": timed_rollout(eng, env, examples, tree_cfg),
+        "chain": timed_rollout(eng, env, examples, chain_cfg),
+        "tree_no_reuse": timed_rollout(HFEngine(model, tok, prefix_cache=False, max_batch_sequences=256), env, examples, tree_cfg),
+    }
+    keys = ["leaves", "generated_tokens", "prefill_tokens", "cached_tokens", "tool_calls", "turns_mean",
+            "response_tokens_mean", "reward_mean", "env/em", "phases", "gen_s", "tool_s", "wall_s"]
+    print(f"\n{args.prompts} prompts, tree M={args.m} L={args.l} K={args.k} ({leaves} leaves) vs {leaves} chains, device={args.device}")
+    print(f"{'metric':>22} " + " ".join(f"{k:>14}" for k in runs))
+    for key in keys:
+        print(f"{key:>22} " + " ".join(f"{runs[k].metrics.get(key, float('nan')):14.2f}" for k in runs))
+    same = [[n.gen_ids for n in t.nodes] for t in runs["tree"].trees] == [[n.gen_ids for n in t.nodes] for t in runs["tree_no_reuse"].trees]
+    print(f"tree with and without prefix reuse sample identical trees: {same}")
+
+    if args.throughput_model == "smollm2":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from at2po.models.smollm2 import convert_smollm2
+
+        path = convert_smollm2()
+        tmodel = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if args.device == "cuda" else torch.float32).to(args.device).eval()
+        ttok = AutoTokenizer.from_pretrained(path)
+    else:
+        tmodel, ttok = model, tok
+    tenv = SearchEnv(ttok, BM25Retriever.load(world.index), EnvConfig())
+    all_rows = [json.loads(line) for line in open(world.test, encoding="utf-8")]
+    contexts = [tenv.prompt_ids(QAExample(r["question"], r["golden_answers"])) for r in all_rows[: args.throughput_batch]]
+    eng_tps, gen_tps = throughput(tmodel, ttok, contexts, args.throughput_tokens, reps=3)
+    print(f"\nthroughput ({args.throughput_model}, batch {len(contexts)}, {args.throughput_tokens} new tokens): "
+          f"HFEngine {eng_tps:.0f} tok/s, model.generate {gen_tps:.0f} tok/s")
+    env.close()
+    tenv.close()
+
+    t, c, nr = runs["tree"].metrics, runs["chain"].metrics, runs["tree_no_reuse"].metrics
+    print(f"ratio.tree_over_chain_tokens={t['generated_tokens'] / c['generated_tokens']:.3f}")
+    print(f"ratio.tree_over_chain_wall={t['wall_s'] / c['wall_s']:.3f}")
+    print(f"ratio.prefill_reuse_over_none={t['prefill_tokens'] / nr['prefill_tokens']:.3f}")
+    print(f"ratio.engine_over_generate_throughput={eng_tps / gen_tps:.3f}")
+
+
+if __name__ == "__main__":
+    main()

