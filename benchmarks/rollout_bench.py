@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 
-def build_policy(out: Path, world, steps: int, seed: int, device: str):
+def build_policy(out: Path, world, steps: int, seed: int, device: str, window: int = 224, batch: int = 8):
     """Tiny model trained for ``steps`` SFT steps on the expert demos (cached in ``out/policy``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -53,29 +53,32 @@ def build_policy(out: Path, world, steps: int, seed: int, device: str):
                 if t["observation"]:
                     obs = tok(t["observation"], add_special_tokens=False)["input_ids"]
                     ids, mask = ids + obs, mask + [0] * len(obs)
-            seqs.append((ids, mask))
+            # train on the tail (the whole response + the end of the prompt): RoPE is relative, and the long
+            # instruction costs most of the compute on a loaded CPU without teaching the turn format
+            seqs.append((ids[-window:], mask[-window:]))
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
         rng = random.Random(seed)
         t0 = time.perf_counter()
         for step in range(steps):
-            batch = rng.sample(seqs, 16)
-            T = max(len(s[0]) for s in batch)
-            ids = torch.full((16, T), tok.pad_token_id)
-            lab = torch.full((16, T), -100)
-            for b, (s, m) in enumerate(batch):
+            chosen = rng.sample(seqs, batch)
+            T = max(len(s[0]) for s in chosen)
+            ids = torch.full((batch, T), tok.pad_token_id)
+            lab = torch.full((batch, T), -100)
+            for b, (s, m) in enumerate(chosen):
                 ids[b, : len(s)] = torch.tensor(s)
                 lab[b, : len(s)] = torch.where(torch.tensor(m) == 1, torch.tensor(s), -100)
             for g in opt.param_groups:
-                g["lr"] = 3e-3 * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / steps))
+                g["lr"] = 5e-3 * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / steps))
             loss = model(input_ids=ids.to(device), labels=lab.to(device)).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad()
-            if step % 50 == 0 or step == steps - 1:
+            if step % 25 == 0 or step == steps - 1:
                 print(f"  sft step {step:4d} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
         model.save_pretrained(pol)
         (pol / "sft_done.json").write_text(json.dumps({"steps": steps, "loss": loss.item()}))
+        tok.save_pretrained(pol)
     tok = AutoTokenizer.from_pretrained(pol)
     return AutoModelForCausalLM.from_pretrained(pol).to(device).eval(), tok
 
@@ -126,18 +129,19 @@ def throughput(model, tok, contexts, new_tokens: int, reps: int) -> tuple[float,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("/tmp/at2po_rollout_bench"))
-    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--m", type=int, default=10)
     ap.add_argument("--l", type=int, default=2)
     ap.add_argument("--k", type=int, default=6)
     ap.add_argument("--max-turn-tokens", type=int, default=96)
-    ap.add_argument("--sft-steps", type=int, default=300)
+    ap.add_argument("--sft-steps", type=int, default=150)
     ap.add_argument("--throughput-batch", type=int, default=16)
     ap.add_argument("--throughput-tokens", type=int, default=64)
     ap.add_argument("--throughput-model", choices=["policy", "smollm2"], default="policy")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reps", type=int, default=2, help="repetitions of each rollout (the fastest wall time is kept)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -161,11 +165,17 @@ def main() -> None:
     chain_cfg = RolloutConfig(mode="chain", n=leaves, **base)
     eng = HFEngine(model, tok, max_batch_sequences=256)
     timed_rollout(eng, env, examples[:2], RolloutConfig(mode="chain", n=2, **base))  # warm-up
-    runs = {
-        "tree": timed_rollout(eng, env, examples, tree_cfg),
-        "chain": timed_rollout(eng, env, examples, chain_cfg),
-        "tree_no_reuse": timed_rollout(HFEngine(model, tok, prefix_cache=False, max_batch_sequences=256), env, examples, tree_cfg),
-    }
+    # CPU timings on a shared machine are noisy: run the three configurations interleaved, keep the fastest wall
+    runs: dict = {}
+    for _ in range(args.reps):
+        for name, engine, cfg in (
+            ("tree", eng, tree_cfg),
+            ("chain", eng, chain_cfg),
+            ("tree_no_reuse", HFEngine(model, tok, prefix_cache=False, max_batch_sequences=256), tree_cfg),
+        ):
+            res = timed_rollout(engine, env, examples, cfg)
+            if name not in runs or res.metrics["wall_s"] < runs[name].metrics["wall_s"]:
+                runs[name] = res
     keys = ["leaves", "generated_tokens", "prefill_tokens", "cached_tokens", "tool_calls", "turns_mean",
             "response_tokens_mean", "reward_mean", "env/em", "phases", "gen_s", "tool_s", "wall_s"]
     print(f"\n{args.prompts} prompts, tree M={args.m} L={args.l} K={args.k} ({leaves} leaves) vs {leaves} chains, device={args.device}")

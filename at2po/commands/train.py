@@ -34,6 +34,7 @@ def train(
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="at2po, grpo, dapo, gspo, tree-grpo, ablation-*"),
     resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint in train.output_dir"),
     quick: bool = typer.Option(False, "--quickstart", help="run the synthetic-world quickstart (default with no args)"),
+    quick_out: Path = typer.Option(Path("runs/quickstart"), "--quickstart-dir", help="where the quickstart writes"),
 ) -> None:
     """RL-train a search agent (AT²PO or a baseline). With no arguments: the synthetic-world quickstart."""
     from at2po.config import ConfigError
@@ -43,7 +44,7 @@ def train(
     if quick or (not args and preset is None and not resume):
         from at2po.train.quickstart import run_quickstart
 
-        run_quickstart(overrides=args)
+        run_quickstart(quick_out, overrides=args)
         return
     try:
         cfg = _resolve(args, preset)

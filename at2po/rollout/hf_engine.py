@@ -113,10 +113,15 @@ class HFEngine(Engine):
         base = params.seed if params.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)))
         seeds = [derive_seed(base, i) for i in range(len(ctxs))]
         out: list[Generation | None] = [None] * len(ctxs)
-        for chunk in self._chunks(ctxs, params.max_new_tokens):
-            gens = self._generate_chunk([ctxs[i] for i in chunk], [seeds[i] for i in chunk], params)
-            for i, g in zip(chunk, gens):
-                out[i] = g
+        was_training = self.model.training  # the trainer may share this model: no dropout, keep the KV cache on
+        self.model.eval()
+        try:
+            for chunk in self._chunks(ctxs, params.max_new_tokens):
+                gens = self._generate_chunk([ctxs[i] for i in chunk], [seeds[i] for i in chunk], params)
+                for i, g in zip(chunk, gens):
+                    out[i] = g
+        finally:
+            self.model.train(was_training)
         self._stats.calls += 1
         self._stats.sequences += len(ctxs)
         self._stats.wall_s += time.perf_counter() - t0

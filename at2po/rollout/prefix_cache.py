@@ -39,6 +39,8 @@ class PrefixCache:
         self._entries: OrderedDict[int, KVEntry] = OrderedDict()
         self._next_id = 0
         self.tokens = 0
+        self._matrix: np.ndarray | None = None  # [E, L_max] entry tokens, −1 padded; rebuilt lazily
+        self._order: list[int] = []
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -46,18 +48,28 @@ class PrefixCache:
     def clear(self) -> None:
         self._entries.clear()
         self.tokens = 0
+        self._matrix = None
 
     def lookup(self, context: np.ndarray, limit: int) -> tuple[int, KVEntry | None]:
         """Longest common prefix (≤ ``limit`` tokens) between ``context`` and any entry: (length, entry)."""
-        best, best_id = 0, None
-        for eid, e in self._entries.items():
-            n = min(common_prefix_len(e.tokens, context), limit)
-            if n > best:
-                best, best_id = n, eid
-        if best_id is None:
+        if not self._entries or limit <= 0:
             return 0, None
-        self._entries.move_to_end(best_id)
-        return best, self._entries[best_id]
+        if self._matrix is None:
+            self._order = list(self._entries)
+            width = max(len(e.tokens) for e in self._entries.values())
+            self._matrix = np.full((len(self._order), width), -1, dtype=np.int64)
+            for r, eid in enumerate(self._order):
+                e = self._entries[eid]
+                self._matrix[r, : len(e.tokens)] = e.tokens
+        n = min(self._matrix.shape[1], len(context), limit)
+        eq = self._matrix[:, :n] == context[None, :n]  # [E, n]; −1 padding never matches a token id
+        lcp = np.where(eq.all(axis=1), n, np.argmin(eq, axis=1))  # first mismatch per entry  # [E]
+        r = int(np.argmax(lcp))
+        if lcp[r] == 0:
+            return 0, None
+        eid = self._order[r]
+        self._entries.move_to_end(eid)  # LRU order only; the matrix rows keep their positions
+        return int(lcp[r]), self._entries[eid]
 
     def insert(self, entry: KVEntry) -> None:
         """Store ``entry``; entries that are prefixes of it are dropped (it serves every lookup they could)."""
@@ -68,6 +80,7 @@ class PrefixCache:
             self.tokens -= len(self._entries.pop(eid).tokens)
         self._entries[self._next_id] = entry
         self._next_id += 1
+        self._matrix = None
         self.tokens += n
         while self.tokens > self.max_tokens:
             _, old = self._entries.popitem(last=False)

@@ -13,17 +13,16 @@ import torch
 from at2po.config import ModelConfig, RunConfig
 
 _HOW = {
-    "model": (
-        "point model.path at a Hugging Face model directory (config.json + weights), e.g. "
-        "`python -c 'from at2po.models.smollm2 import convert_smollm2; print(convert_smollm2())'` for SmolLM2-135M-"
-        "Instruct, or run `at2po train` with no arguments to build a tiny model and the synthetic world"
-    ),
-    "train": "write a QA JSONL ({question, golden_answers}) with `at2po prepare --src FLASHRAG_DIR --out DATA_DIR`, or run `at2po train` with "
-    "no arguments for the synthetic world",
-    "test": "write a QA JSONL ({question, golden_answers}) with `at2po prepare --src FLASHRAG_DIR --out DATA_DIR`",
-    "index": "build one with `at2po index --corpus CORPUS.jsonl --out OUT_DIR` (or give an http(s):// retriever URL, see "
-    "`at2po serve-retriever`)",
-    "sft": "demonstrations come from the synthetic world's expert (`at2po.agent.world.make_world`) as sft.jsonl",
+    "model": "point model.path at a Hugging Face model directory (config.json + weights): "
+    "`at2po convert-smollm2 --out models/smollm2-135m` (SmolLM2-135M-Instruct), "
+    "`at2po make-tiny-model ...`, or run `at2po train` with no arguments for the self-contained quickstart",
+    "train": "make a QA JSONL ({question, golden_answers}): `at2po make-world --out world` (synthetic), "
+    "`at2po make-wiki --out wiki` (real text) or `at2po prepare --src FLASHRAG_DIR --out DATA_DIR`",
+    "test": "make a QA JSONL ({question, golden_answers}): `at2po make-world --out world`, `at2po make-wiki "
+    "--out wiki` or `at2po prepare --src FLASHRAG_DIR --out DATA_DIR`",
+    "index": "build one with `at2po index --corpus CORPUS.jsonl --out OUT_DIR` (make-world / make-wiki also write "
+    "one in OUT/index), or give an http(s):// retriever URL (`at2po serve-retriever`)",
+    "sft": "demonstrations come from the synthetic world's expert: `at2po make-world --out world` writes world/sft.jsonl",
 }
 
 

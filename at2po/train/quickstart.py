@@ -12,6 +12,7 @@ Every setting is an ordinary config key, so ``at2po train --quickstart rollout.m
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import dataclass
@@ -74,34 +75,38 @@ def _texts(world: Any) -> list[str]:
     return texts
 
 
-def render_tree(cfg: RunConfig, model_dir: Path, out: Path) -> Path | None:
-    """Roll out one AT²PO tree on a test question with the trained policy and write it as text."""
+def render_tree(cfg: RunConfig, model_dir: Path, out_dir: Path) -> Path:
+    """Roll out one AT²PO tree on a test question with the trained policy; write it as text and as a PNG."""
+    from rich.console import Console as RichConsole
+
     from at2po.rollout.driver import rollout
+    from at2po.rollout.render import render_png, render_text
     from at2po.train.components import build_engine, build_env, load_examples, load_policy, load_tokenizer
 
     tok = load_tokenizer(model_dir)
     model = load_policy(cfg.model.model_copy(update={"path": str(model_dir), "lora_r": 0}), trainable=False)
     env = build_env(cfg, tok)
-    ex = load_examples(cfg.data.test, 1)
-    res = rollout(build_engine(model, tok, cfg), env, ex, cfg.rollout)
+    res = rollout(build_engine(model, tok, cfg), env, load_examples(cfg.data.test, 1), cfg.rollout)
     env.close()
     tree = res.trees[0]
-    try:
-        from at2po.rollout.render import render_text  # the rollout area's renderer, when present
-
-        text = render_text(tree, tok)
-    except ImportError:
-        lines = [f"question: {ex[0].question}  gold: {ex[0].golden_answers}"]
-        for i, node in enumerate(tree.nodes[1:], 1):
-            tag = f"reward {node.reward:+.0f}" if not node.children else f"{len(node.children)} children"
-            lines.append(f"{'  ' * tree.depth(i)}[{i}] H={node.entropy:.2f} {tag}: {node.text.strip()[:90]!r}")
-        text = "\n".join(lines)
-    out.write_text(text + "\n")
-    return out
+    rec = RichConsole(record=True, width=140, file=io.StringIO())  # capture only
+    rec.print(render_text(tree))
+    (out_dir / "tree.txt").write_text(rec.export_text())
+    return render_png(tree, out_dir / "tree.png", title=tree.meta["example"].question)
 
 
-def run_quickstart(out_dir: str | Path = "runs/quickstart", overrides: list[str] | None = None, seed: int = 0) -> QuickstartResult:
-    """Build everything under ``out_dir`` and run SFT → eval → AT²PO → eval. Returns before/after EM."""
+def run_quickstart(
+    out_dir: str | Path = "runs/quickstart",
+    overrides: list[str] | None = None,
+    seed: int = 0,
+    world_knobs: dict[str, Any] | None = None,
+    arch: dict[str, Any] | None = None,
+) -> QuickstartResult:
+    """Build everything under ``out_dir`` and run SFT → eval → AT²PO → eval. Returns before/after EM.
+
+    ``overrides`` are config overrides (``train.steps=40``); ``world_knobs`` / ``arch`` update
+    :data:`WORLD_KNOBS` / :data:`MODEL_ARCH` (world size, model size).
+    """
     import torch
 
     from at2po.agent.world import make_world
@@ -115,12 +120,13 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", overrides: list[str]
     out = Path(out_dir)
     torch.manual_seed(seed)
     console.rule("[bold]at2po quickstart: synthetic multi-hop search world, tiny model, AT²PO on CPU")
-    world = make_world(out / "world", seed=seed, **WORLD_KNOBS)
+    world = make_world(out / "world", seed=seed, **{**WORLD_KNOBS, **(world_knobs or {})})
     console.print(f"world: {world.stats['documents']} documents, train hops {world.stats['train_hops']}, "
                   f"test hops {world.stats['test_hops']} → {world.out_dir}")
-    model_dir = build_tiny_model(_texts(world), out / "model-init", vocab_size=VOCAB_SIZE, seed=seed, **MODEL_ARCH)
+    model_arch = {**MODEL_ARCH, **(arch or {})}
+    model_dir = build_tiny_model(_texts(world), out / "model-init", vocab_size=VOCAB_SIZE, seed=seed, **model_arch)
     cfg = quickstart_config(out, world, model_dir, overrides or [])
-    console.print(f"tiny model (random Llama, {MODEL_ARCH['num_hidden_layers']} layers × {MODEL_ARCH['hidden_size']}, "
+    console.print(f"tiny model (random Llama, {model_arch['num_hidden_layers']} layers × {model_arch['hidden_size']}, "
                   f"BPE vocab {VOCAB_SIZE}) → {model_dir}")
     console.rule("SFT warm start on noisy expert demonstrations")
     sft_dir = sft(cfg)
@@ -129,7 +135,7 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", overrides: list[str]
     res = train(cfg)
     before, after = res.evals.get(0, {}), res.evals.get(cfg.train.steps, {})
     curves = plot_runs([res.run_dir], out / "curves.png")
-    tree = render_tree(cfg, res.final_dir or sft_dir, out / "tree.txt") if res.final_dir else None
+    tree = render_tree(cfg, res.final_dir, out) if res.final_dir else None
     wall = time.perf_counter() - t0
     console.rule("result")
     console.print(f"held-out EM before RL (after SFT): {before.get('em', float('nan')):.3f}   "

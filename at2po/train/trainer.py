@@ -77,11 +77,12 @@ def train(
             raise ValueError(f"train.{key}={getattr(cfg.train, key)} must be divisible by the {world} processes")
     run_dir = Path(cfg.train.output_dir)
     last = ckpt.latest_checkpoint(run_dir) if resume else None
-    set_seed(cfg.train.seed + rank)
+    set_seed(cfg.train.seed)  # same on every process: identical LoRA initialisation
 
     # --- 1. model, optimizer, schedule ----------------------------------------------------------------------
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
     model = load_policy(cfg.model, weights_dir=(last / "model") if last else None)
+    set_seed(cfg.train.seed + rank)
     if model_hook is not None:
         model_hook(model)
     ref_model = load_policy(cfg.model, trainable=False).to(acc.device) if cfg.loss.kl_coef > 0 else None

@@ -17,7 +17,7 @@ from at2po.agent.world import WorldConfig, _segments, generate_world, make_world
 from at2po.agent.world_names import NameGenerator, stem
 from at2po.agent.world_schema import FACTS, QUESTIONS, parse_question, read_fact
 
-SMALL = dict(n_countries=4, n_cities=12, n_people=40, n_companies=12, n_train=120, n_test=30)
+SMALL = dict(n_countries=4, n_cities=12, n_people=50, n_companies=12, n_train=120, n_test=30, n_sft=60)
 
 
 def _digests(d: Path) -> dict[str, str]:
@@ -45,7 +45,7 @@ def test_same_seed_gives_identical_files_and_other_seed_differs(tmp_path, world_
 
 def test_files_follow_the_contract(world_dir):
     docs = read_corpus(world_dir / "corpus.jsonl")  # the retrieval engineer's reader accepts it
-    assert len(docs) == 4 + 12 + 40 + 12 + 10
+    assert len(docs) == 4 + 12 + 50 + 12 + 10
     for split, n in (("train", 120), ("test", 30)):
         rows = _rows(world_dir / f"{split}.jsonl")
         assert len(rows) == n
@@ -57,7 +57,7 @@ def test_files_follow_the_contract(world_dir):
     for d in docs:  # short documents: 1–3 sentences
         assert 1 <= d.text.count(".") <= 3, d
     meta = json.loads((world_dir / "world.json").read_text())
-    assert meta["config"]["seed"] == 7 and meta["stats"]["expert"]["demos"] == 120
+    assert meta["config"]["seed"] == 7 and meta["stats"]["expert"]["demos"] == 60
 
 
 def test_answers_follow_the_documents(world_dir):
@@ -78,9 +78,10 @@ def test_train_chains_never_contain_a_test_chain():
     world = generate_world(WorldConfig(seed=3, **SMALL))
     test_chains = {s for q in world.test for s in _segments(q) if len(s) == 2 * q.hops + 1}
     assert len(test_chains) == len(world.test)
-    for q in world.train:
+    for q in world.train + world.sft:
         assert not (_segments(q) & test_chains), q
-    assert not {q.question for q in world.train} & {q.question for q in world.test}
+    train, test, sft = ({q.question for q in qs} for qs in (world.train, world.test, world.sft))
+    assert len(sft) == 60 and not (train & test or train & sft or test & sft)
 
 
 def test_every_entity_is_rank_one_for_its_name_with_hard_knobs(tmp_path):
@@ -151,10 +152,10 @@ def test_cli_make_world(tmp_path):
     from at2po.cli import app
 
     args = ["make-world", "--out", str(tmp_path), "--seed", "4", "--countries", "4", "--cities", "12", "--people", "40",
-            "--companies", "12", "--train", "60", "--test", "20", "--hops", "1,1,1", "--expert-noise", "0"]
+            "--companies", "12", "--train", "60", "--test", "20", "--sft", "30", "--hops", "1,1,1", "--expert-noise", "0"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert '"solve_rate": 1.0' in res.output
-    assert len(_rows(tmp_path / "sft.jsonl")) == 60 and (tmp_path / "index").is_dir()
+    assert len(_rows(tmp_path / "sft.jsonl")) == 30 and (tmp_path / "index").is_dir()
     bad = CliRunner().invoke(app, ["make-world", "--out", str(tmp_path / "x"), "--cities", "2"])
     assert bad.exit_code == 2 and "n_cities" in bad.output

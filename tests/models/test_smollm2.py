@@ -37,7 +37,7 @@ def test_smollm2_rollout_token_in_token_out(smollm2, tmp_path):
     docs = [Document("1", "Paris", "Paris is the capital of France."), Document("2", "Rome", "Rome is in Italy.")]
     env = SearchEnv(tok, BM25Retriever.from_documents(docs), EnvConfig(max_tool_calls=2))
     eng = HFEngine(model, tok)
-    cfg = RolloutConfig(mode="tree", m=2, l=1, k=1, max_turn_tokens=48, max_response_tokens=400, seed=0)
+    cfg = RolloutConfig(mode="tree", m=2, l=1, k=1, max_turn_tokens=32, max_response_tokens=300, seed=0)
     res = rollout(eng, env, [QAExample("What is the capital of France?", ["Paris"])], cfg)
     env.close()
     tree = res.trees[0]
