@@ -31,14 +31,14 @@ WORLD_KNOBS: dict[str, Any] = {
 MODEL_ARCH: dict[str, Any] = dict(
     hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2
 )
-VOCAB_SIZE = 2048
+VOCAB_SIZE = 4096  # large enough that most made-up names are single tokens: copying them is then easy
 QUICKSTART_OVERRIDES: list[str] = [
-    "train.steps=24", "train.batch_prompts=8", "train.mini_batch_prompts=4", "train.micro_batch_tokens=16384",
+    "train.steps=60", "train.batch_prompts=8", "train.mini_batch_prompts=4", "train.micro_batch_tokens=16384",
     "optim.lr=2e-4", "optim.max_grad_norm=1.0",
     "rollout.m=4", "rollout.l=1", "rollout.k=4", "rollout.max_turn_tokens=48", "rollout.max_response_tokens=640",
     "rollout.max_concurrent_sequences=64",
     "env.max_tool_calls=3", "env.topk=2", "env.max_obs_tokens=256",
-    "sft.epochs=4", "sft.lr=2e-3", "sft.batch_rows=16",
+    "sft.epochs=12", "sft.lr=3e-3", "sft.batch_rows=8",
     "eval.batch_prompts=64", "checkpoint.every=0", "logging.progress=false",
 ]
 
@@ -101,6 +101,7 @@ def run_quickstart(
     seed: int = 0,
     world_knobs: dict[str, Any] | None = None,
     arch: dict[str, Any] | None = None,
+    vocab_size: int = VOCAB_SIZE,
 ) -> QuickstartResult:
     """Build everything under ``out_dir`` and run SFT → eval → AT²PO → eval. Returns before/after EM.
 
@@ -124,10 +125,10 @@ def run_quickstart(
     console.print(f"world: {world.stats['documents']} documents, train hops {world.stats['train_hops']}, "
                   f"test hops {world.stats['test_hops']} → {world.out_dir}")
     model_arch = {**MODEL_ARCH, **(arch or {})}
-    model_dir = build_tiny_model(_texts(world), out / "model-init", vocab_size=VOCAB_SIZE, seed=seed, **model_arch)
+    model_dir = build_tiny_model(_texts(world), out / "model-init", vocab_size=vocab_size, seed=seed, **model_arch)
     cfg = quickstart_config(out, world, model_dir, overrides or [])
     console.print(f"tiny model (random Llama, {model_arch['num_hidden_layers']} layers × {model_arch['hidden_size']}, "
-                  f"BPE vocab {VOCAB_SIZE}) → {model_dir}")
+                  f"BPE vocab {vocab_size}) → {model_dir}")
     console.rule("SFT warm start on noisy expert demonstrations")
     sft_dir = sft(cfg)
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(sft_dir)})})
