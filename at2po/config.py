@@ -15,44 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-try:  # the env/rollout areas own these sections; mirrors of the pinned contract until they land
-    from at2po.agent.search_env import EnvConfig
-except ImportError:  # pragma: no cover - transitional
-
-    class EnvConfig(BaseModel):  # type: ignore[no-redef]
-        model_config = ConfigDict(extra="forbid")
-        max_tool_calls: int = 6
-        limit_mode: Literal["end", "notice"] = "end"
-        topk: int = 3
-        max_obs_tokens: int = 512
-        tool_timeout_s: float = 30.0
-        tool_workers: int = 8
-        use_chat_template: bool = True
-
-
-try:
-    from at2po.rollout.driver import RolloutConfig
-except ImportError:  # pragma: no cover - transitional
-
-    class RolloutConfig(BaseModel):  # type: ignore[no-redef]
-        model_config = ConfigDict(extra="forbid")
-        mode: Literal["chain", "tree"] = "tree"
-        n: int = 16
-        m: int = 10
-        l: int = 2  # noqa: E741
-        k: int = 6
-        alpha: float = 0.05
-        expansion: Literal["entropy", "random"] = "entropy"
-        expand_leaves: bool = False
-        max_turn_tokens: int = 512
-        max_response_tokens: int = 6192
-        temperature: float = 1.0
-        top_p: float = 1.0
-        top_k: int = 0
-        seed: int = 0
-        tool_workers: int = 8
-        tool_timeout_s: float = 30.0
-        max_concurrent_sequences: int = 64
+from at2po.agent.search_env import EnvConfig
+from at2po.rollout.driver import RolloutConfig
 
 
 class ConfigError(ValueError):
@@ -109,6 +73,9 @@ class LossConfig(_Section):
     kl_coef: float = Field(0.0, ge=0)  # > 0 recomputes reference log-probs and adds β·KL
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     entropy_coef: float = Field(0.0, ge=0)
+    # Truncated importance sampling (verl/TRL): scale each token's policy-gradient term by
+    # min(π_old/π_sampler, C), correcting sampler↔trainer drift (e.g. vLLM kernels). None = off.
+    tis_cap: float | None = Field(None, gt=0)
 
     def clips(self) -> tuple[float, float]:
         from at2po.core.losses import DEFAULT_CLIP
@@ -141,6 +108,9 @@ class TrainConfig(_Section):
     overlong_buffer: int = Field(0, ge=0)  # DAPO soft overlong punishment: buffer length (0 = off)
     overlong_penalty: float = Field(1.0, ge=0)
     max_nonfinite_steps: int = Field(3, ge=1)  # stop after this many consecutive steps with NaN/inf loss or grad
+    # stop after the step at which the run's cumulative generated tokens (all processes) reach this budget;
+    # None = run all `steps`. Equal-budget comparisons of methods (benchmarks/compare.py) use it.
+    max_generated_tokens: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _mini_fits(self) -> "TrainConfig":

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from at2po.agent.env import AgentEnv, QAExample
 from at2po.core.expansion import select_nodes_forest
 from at2po.core.tree import TurnTree, stack_trees
+from at2po.rollout.vllm_engine import VLLMConfig
 from at2po.rollout.engine import Engine
 from at2po.rollout.phase import Branch, PhaseRunner
 
@@ -51,6 +52,8 @@ class RolloutConfig(BaseModel):
     tool_workers: int = Field(8, ge=1, description="threads for the fallback per-call tool execution")
     tool_timeout_s: float = Field(30.0, gt=0, description="per-call timeout of the fallback tool execution")
     max_concurrent_sequences: int = Field(64, ge=1, description="sequences per engine call")
+    engine: Literal["hf", "vllm"] = "hf"  # the trainer's choice of sampling engine; the driver never looks
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)  # used when engine == "vllm"
 
 
 @dataclass

@@ -102,6 +102,13 @@ def build_env(cfg: RunConfig, tokenizer: Any) -> Any:
 
 
 def build_engine(model: torch.nn.Module, tokenizer: Any, cfg: RunConfig) -> Any:
+    """The sampling engine: the HF engine shares the policy module; vLLM holds its own copy, synced each step."""
+    if cfg.rollout.engine == "vllm":
+        from at2po.rollout.vllm_engine import VLLMEngine
+
+        engine = VLLMEngine(cfg.model.path, cfg.rollout.vllm, tokenizer=tokenizer)
+        engine.sync_weights(model)  # a resumed run or a LoRA policy differs from the weights on disk
+        return engine
     from at2po.rollout.hf_engine import HFEngine
 
     return HFEngine(model, tokenizer, max_batch_sequences=cfg.rollout.max_concurrent_sequences)

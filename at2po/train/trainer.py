@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from at2po.config import RunConfig, save_config
+from at2po.core.tis import logprob_mismatch, tis_weights
 from at2po.train import checkpoint as ckpt
 from at2po.train.components import (
     PromptSampler,
@@ -44,6 +45,7 @@ class TrainResult:
     steps_done: int
     final_dir: Path | None
     evals: dict[int, dict[str, Any]] = field(default_factory=dict)  # step → eval summary (main process)
+    stopped_by_budget: bool = False  # stopped early at train.max_generated_tokens
 
 
 def make_accelerator(precision: str) -> Any:
@@ -107,10 +109,12 @@ def train(
         raise ValueError(f"data.train={cfg.data.train!r} has no examples")
     sampler = PromptSampler(len(train_set), seed=cfg.train.seed)
     start = 0
+    gen_total = 0.0  # cumulative generated tokens of all processes (train.max_generated_tokens budget)
     if last is not None:
         state = ckpt.load_checkpoint(last, acc, optimizer, scheduler)
         start = int(state["step"])
         sampler.load(state["data"])
+        gen_total = float(state.get("generated_tokens", 0.0))
     guard = NonFiniteGuard(cfg.train.max_nonfinite_steps)
     log = RunLogger(
         run_dir, enabled=acc.is_main_process, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
@@ -176,36 +180,51 @@ def train(
                     batch.ref_log_prob = compute_log_probs(
                         ref_model, batch, cfg.train.micro_batch_tokens, cfg.rollout.temperature, acc.device, acc.autocast
                     )
-                resp = batch.response_mask.bool()
-                metrics["actor/sampler_logprob_gap"] = float((batch.old_log_prob - batch.sample_log_prob)[resp].abs().mean())
+                gap = logprob_mismatch(batch.sample_log_prob, batch.old_log_prob, batch.response_mask)
+                metrics["actor/sampler_logprob_gap"] = float(gap["mean_abs"])
+                metrics["actor/sampler_logprob_gap_max"] = float(gap["max_abs"])
+                if cfg.loss.tis_cap is not None:
+                    # w·min(s·A, clip(s)·A) = min(s·wA, clip(s)·wA) for w ≥ 0: TIS is a per-token advantage scale.
+                    batch.advantages = batch.advantages * tis_weights(
+                        batch.old_log_prob, batch.sample_log_prob, cfg.loss.tis_cap
+                    )
                 metrics["time/old_logprob_s"] = time.perf_counter() - t0
 
             # --- 6. PPO epochs: mini-batches of prompts, micro-batches of tokens, AdamW -------------------------
             t0 = time.perf_counter()
             rng = np.random.default_rng([cfg.train.seed, step, rank])
             stats = ppo_update(acc, model, optimizer, scheduler, batch, row_tree, cfg, rng, pad_id)
-            engine.clear_cache()  # cached key/values belong to the old weights
+            engine.sync_weights(policy)  # vLLM: load the new weights in place; both: drop stale KV caches
             metrics.update(stats.as_dict())
             metrics["time/update_s"] = time.perf_counter() - t0
             metrics["time/step_s"] = time.perf_counter() - t_step
 
             # --- 7. log, guard, eval, checkpoint ----------------------------------------------------------------
             metrics = _reduce_metrics(acc, metrics)
+            gen_total += float(metrics.get("rollout/generated_tokens") or 0.0) * world  # reduced = mean per process
+            budget_hit = cfg.train.max_generated_tokens is not None and gen_total >= cfg.train.max_generated_tokens
+            final = step == cfg.train.steps or budget_hit
             log.log(step, metrics)
             log.print(log.summary_line(step, cfg.train.steps, metrics))
             log.advance()
             guard.step(stats.skipped, step)  # raises NonFiniteError after too many bad steps in a row
             result.steps_done = step
-            if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
+            if cfg.eval.every and step % cfg.eval.every == 0 and not final:
                 run_eval(step)
-            if step == cfg.train.steps or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
+            if final or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
                 ckpt.save_checkpoint(
                     run_dir, step, acc, model, tokenizer, optimizer, scheduler,
-                    {"data": sampler.state(), "preset": cfg.preset}, keep_last=cfg.checkpoint.keep_last,
+                    {"data": sampler.state(), "preset": cfg.preset, "generated_tokens": gen_total},
+                    keep_last=cfg.checkpoint.keep_last,
                 )
+            if budget_hit:
+                result.stopped_by_budget = True
+                log.print(f"step {step}: {gen_total:.0f} generated tokens reached "
+                          f"train.max_generated_tokens={cfg.train.max_generated_tokens}: stopping")
+                break
 
-        if result.steps_done == cfg.train.steps:
-            run_eval(cfg.train.steps)
+        if result.steps_done == cfg.train.steps or result.stopped_by_budget:
+            run_eval(result.steps_done)
             if cfg.checkpoint.export_final:
                 result.final_dir = ckpt.export_final(acc, model, tokenizer, run_dir / "final")
     finally:  # also on NonFiniteError / KeyboardInterrupt: close the progress bar, TensorBoard, tool threads
