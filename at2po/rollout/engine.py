@@ -50,6 +50,22 @@ class EngineStats:
         return d
 
 
+def validate_contexts(
+    contexts: Sequence[Sequence[int]], max_model_len: int, vocab_size: int, who: str
+) -> list[list[int]]:
+    """Contexts as int lists; ValueError naming the context index if one is empty, too long or out of vocab."""
+    ctxs = [list(map(int, c)) for c in contexts]
+    for i, c in enumerate(ctxs):
+        if not c:
+            raise ValueError(f"{who}.generate: context {i} is empty")
+        if len(c) >= max_model_len:
+            raise ValueError(f"{who}.generate: context {i} has {len(c)} tokens ≥ max_model_len {max_model_len}")
+        lo, hi = min(c), max(c)
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"{who}.generate: context {i} has token id {lo if lo < 0 else hi} outside [0, {vocab_size})")
+    return ctxs
+
+
 class Engine(ABC):
     """A sampling engine. Implementations must be safe to call repeatedly with growing contexts."""
 
@@ -69,6 +85,9 @@ class Engine(ABC):
 
     def sync_weights(self, model: Any) -> None:
         """Load the trainer's current weights (engines that hold their own copy override this)."""
+
+    def sleep(self) -> None:
+        """Free engine memory while the trainer updates (vLLM sleep mode on GPU); woken by the next call."""
 
     def clear_cache(self) -> None:
         """Drop any prefix/KV cache (called after a weight update so rollouts stay on-policy)."""

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from at2po.rollout.engine import Engine, EngineStats, FinishReason, Generation, SamplingParams
+from at2po.rollout.engine import validate_contexts, Engine, EngineStats, FinishReason, Generation, SamplingParams
 from at2po.rollout.prefix_cache import KVEntry, PrefixCache
 from at2po.rollout.sampling import derive_seed, sample
 
@@ -101,15 +101,7 @@ class HFEngine(Engine):
 
     def generate(self, contexts: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
         t0 = time.perf_counter()
-        ctxs = [list(map(int, c)) for c in contexts]
-        for i, c in enumerate(ctxs):
-            if not c:
-                raise ValueError(f"HFEngine.generate: context {i} is empty")
-            if len(c) >= self.max_model_len:
-                raise ValueError(f"HFEngine.generate: context {i} has {len(c)} tokens ≥ max_model_len {self.max_model_len}")
-            lo, hi = min(c), max(c)
-            if lo < 0 or hi >= self.vocab_size:
-                raise ValueError(f"HFEngine.generate: context {i} has token id {lo if lo < 0 else hi} outside [0, {self.vocab_size})")
+        ctxs = validate_contexts(contexts, self.max_model_len, self.vocab_size, "HFEngine")
         base = params.seed if params.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)))
         seeds = [derive_seed(base, i) for i in range(len(ctxs))]
         out: list[Generation | None] = [None] * len(ctxs)

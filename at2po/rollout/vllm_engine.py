@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from at2po.rollout.engine import Engine, EngineStats, FinishReason, Generation, SamplingParams
+from at2po.rollout.engine import validate_contexts, Engine, EngineStats, FinishReason, Generation, SamplingParams
 from at2po.rollout.sampling import derive_seed
 
 GiB = 1 << 30
@@ -202,15 +202,7 @@ class VLLMEngine(Engine):
         t0 = time.perf_counter()
         if self.sleeping:
             self.wake_up()
-        ctxs = [list(map(int, c)) for c in contexts]
-        for i, c in enumerate(ctxs):
-            if not c:
-                raise ValueError(f"VLLMEngine.generate: context {i} is empty")
-            if len(c) >= self.max_model_len:
-                raise ValueError(f"VLLMEngine.generate: context {i} has {len(c)} tokens ≥ max_model_len {self.max_model_len}")
-            lo, hi = min(c), max(c)
-            if lo < 0 or hi >= self.vocab_size:
-                raise ValueError(f"VLLMEngine.generate: context {i} has token id {lo if lo < 0 else hi} outside [0, {self.vocab_size})")
+        ctxs = validate_contexts(contexts, self.max_model_len, self.vocab_size, "VLLMEngine")
         if params.max_new_tokens < 1:
             raise ValueError(f"VLLMEngine.generate: max_new_tokens must be ≥ 1, got {params.max_new_tokens}")
         base = params.seed if params.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)))

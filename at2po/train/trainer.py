@@ -165,6 +165,8 @@ def train(
                 log.print(f"[yellow]step {step}: every reward in the rollout batch is equal "
                           f"({metrics['rollout/reward_mean']:+.2f}): no learning signal[/yellow]")
 
+            engine.sleep()  # vLLM + enable_sleep_mode on GPU: hand the memory to the trainer (no-op otherwise)
+
             # --- 4. credit → batch with per-token advantages ---------------------------------------------------
             batch = row_tree = None
             if trees:
