@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         runs = run_grid(args)
     out = Path(args.out or ROOT / "benchmarks" / "results" / args.table)
-    write_report(args.table, runs, out, command=" ".join(["python", "benchmarks/compare.py", *(argv or sys.argv[1:])]))
+    write_report(args.table, runs, out, command=" ".join(["python", "benchmarks/compare.py",
+                                               *[a for a in (argv or sys.argv[1:]) if a != "--report-only"]]))
     print(f"[compare] wrote {out}", flush=True)
 
 

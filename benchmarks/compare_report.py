@@ -55,6 +55,8 @@ def run_row(run: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]], 
         "h_turn_mean": _mean(col("actor/turn_entropy")), "h_turn_last3": _mean(col("actor/turn_entropy")[-3:]),
         "clipfrac_mean": _mean(col("actor/pg_clipfrac")), "clipfrac_turn_mean": _mean(col("actor/pg_clipfrac_turn")),
         "turns_rollout_mean": _mean(col("rollout/turns_mean")),
+        "equal_reward_prompt_frac": _mean(col("rollout/equal_reward_prompt_frac")),
+        "adv_zero_frac": _mean(col("adv/zero_frac")),
         "wall_s": run["wall_s"], "peak_rss_mb": run["peak_rss_mb"], "peak_cuda_mb": run.get("peak_cuda_mb"),
     }
     final: list[dict[str, Any]] = []
@@ -83,6 +85,7 @@ SUMMARY_COLS = {
                    ("update_s_per_step", 2), ("peak_rss_mb", 0), ("peak_cuda_mb", 0)],
     "default": [("em_after", 3), ("em_before", 3), ("em_1hop", 3), ("em_2hop", 3), ("em_3hop", 3), ("turns_after", 2),
                 ("rollout_em_last3", 3), ("entropy_last3", 3), ("h_turn_mean", 3), ("clipfrac_mean", 4),
+                ("equal_reward_prompt_frac", 2),
                 ("steps", 0), ("generated_tokens", 0)],
 }
 
