@@ -38,7 +38,7 @@ def run_row(run: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]], 
     run_dir = Path(run["run_dir"])
     recs = read_metrics(run_dir)
     steps = [r for r in recs if "rollout/generated_tokens" in r]
-    col = lambda k: [float(r[k]) for r in steps if isinstance(r.get(k), (int, float))]  # noqa: E731
+    col = lambda k: [float(r[k]) for r in steps if isinstance(r.get(k), (int, float))]
     timed = steps[1:] if len(steps) > 1 else steps  # step 1 includes warm-up (first allocations, caches)
     gen, leaves = sum(col("rollout/generated_tokens")), sum(col("rollout/leaves"))
     row: dict[str, Any] = {
@@ -176,7 +176,7 @@ def _plots(table: str, parsed: list[tuple[dict[str, Any], list[dict[str, Any]], 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     width = 0.8 / max(1, len(labels))
     for i, lab in enumerate(labels):
-        turns = [int(round(r["turns"])) for row, _, fin in parsed if row["label"] == lab for r in fin]
+        turns = [round(r["turns"]) for row, _, fin in parsed if row["label"] == lab for r in fin]
         if turns:
             bins = np.arange(1, max(turns) + 2)
             hist = np.array([np.mean(np.array(turns) == b) for b in bins[:-1]])

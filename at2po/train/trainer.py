@@ -144,7 +144,9 @@ def train(
         local_prompts = cfg.train.batch_prompts // world
         if cfg.logging.progress:
             log.start_progress(cfg.train.steps, completed=start)
-        for step in range(start + 1, cfg.train.steps + 1):
+        budget = cfg.train.max_generated_tokens
+        result.stopped_by_budget = budget is not None and gen_total >= budget  # resumed after a budget stop
+        for step in range(start + 1, start + 1 if result.stopped_by_budget else cfg.train.steps + 1):
             t_step = time.perf_counter()
             # --- 3. rollout → rewards (leaves) ------------------------------------------------------------------
             policy.eval()

@@ -40,3 +40,12 @@ def test_budget_counts_cumulative_tokens(tiny_world, tmp_path: Path) -> None:
 def test_no_budget_runs_all_steps(tiny_world, tmp_path: Path) -> None:
     res = train(load_config(overrides=small_overrides(tiny_world, tmp_path / "run"), preset="grpo"))
     assert not res.stopped_by_budget and res.steps_done == 2
+
+
+def test_resume_after_budget_stop_does_not_train_further(tiny_world, tmp_path: Path) -> None:
+    over = small_overrides(tiny_world, tmp_path / "run") + ["train.steps=5", "train.max_generated_tokens=1"]
+    cfg = load_config(overrides=over, preset="grpo")
+    assert train(cfg).steps_done == 1
+    res = train(cfg, resume=True)
+    assert res.stopped_by_budget and res.steps_done == 1
+    assert [r["step"] for r in read_metrics(res.run_dir) if "rollout/generated_tokens" in r] == [1]
