@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from at2po.train.logging import read_metrics
+from at2po.train.plot import metric_series
 
 
 def _override(spec: dict[str, Any], key: str) -> str | None:
@@ -138,16 +139,6 @@ def _plots(table: str, parsed: list[tuple[dict[str, Any], list[dict[str, Any]], 
         plt.close(fig)
         return
 
-    def curve(recs: list[dict[str, Any]], key: str, x: str) -> tuple[list[float], list[float]]:
-        xs, ys, tok = [], [], 0.0
-        for r in recs:
-            tok += float(r.get("rollout/generated_tokens") or 0.0)
-            v = r.get(key)
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                xs.append(tok if x == "tokens" else float(r["step"]))
-                ys.append(float(v))
-        return xs, ys
-
     for name, key, x, title in [
         ("em_vs_tokens.png", "eval/em", "tokens", "held-out EM (greedy) vs generated tokens"),
         ("rollout_em_vs_tokens.png", "rollout/em", "tokens", "training-rollout EM vs generated tokens"),
@@ -157,7 +148,7 @@ def _plots(table: str, parsed: list[tuple[dict[str, Any], list[dict[str, Any]], 
         fig, ax = plt.subplots(figsize=(6.5, 4))
         seen: set[str] = set()
         for row, recs, _ in parsed:
-            xs, ys = curve(recs, key, x)
+            xs, ys = metric_series(recs, key, x)
             if xs:
                 lab = row["label"]
                 ax.plot(xs, ys, marker="o" if len(xs) < 15 else None, ms=3, lw=1, alpha=0.75, color=colors[lab],

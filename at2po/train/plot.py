@@ -12,7 +12,8 @@ from at2po.train.logging import read_metrics
 DEFAULT_METRICS: tuple[str, ...] = ("rollout/reward_mean", "rollout/em", "eval/em", "actor/entropy", "rollout/generated_tokens")
 
 
-def _series(records: list[dict], key: str, x_key: str) -> tuple[list[float], list[float]]:
+def metric_series(records: list[dict], key: str, x_key: str) -> tuple[list[float], list[float]]:
+    """(x, y) of one metric over a run's step records; x = step, or cumulative generated tokens ("tokens")."""
     xs, ys = [], []
     budget = 0.0
     for r in records:
@@ -42,7 +43,7 @@ def plot_runs(
     if not runs:
         raise ValueError("plot_runs: no runs given")
     data = [(labels[i] if labels else Path(r).name, read_metrics(r)) for i, r in enumerate(runs)]
-    shown = [m for m in metrics if any(_series(recs, m, x)[0] for _, recs in data)]
+    shown = [m for m in metrics if any(metric_series(recs, m, x)[0] for _, recs in data)]
     if not shown:
         raise ValueError(f"none of the metrics {list(metrics)} was logged by {[str(r) for r in runs]}")
     cols = min(3, len(shown))
@@ -50,7 +51,7 @@ def plot_runs(
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
     for ax, m in zip(axes.flat, shown):
         for label, recs in data:
-            xs, ys = _series(recs, m, x)
+            xs, ys = metric_series(recs, m, x)
             if xs:
                 ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
         ax.set_title(m)
