@@ -5,6 +5,7 @@
     python benchmarks/compare.py --table credit     --seeds 0,1,2       # (c) value/advantage modes (paper's 8 rows)
     python benchmarks/compare.py --table efficiency --steps 3           # (d) chains vs random tree vs entropy tree
     python benchmarks/compare.py --table methods --size gpu --seeds 0,1,2   # the same grid, larger, vLLM engine
+    python benchmarks/compare.py --table wiki       --seeds 0 --threads 2   # AT²PO vs GRPO, SmolLM2 on Wikipedia
 
 Every run starts from ONE shared warm start, built once per size and cached in ``--work-dir``: the world
 (1-, 2- and 3-hop questions, held-out test set, BM25 index, noisy expert demos), a tiny Llama with a BPE
@@ -104,6 +105,8 @@ TABLES: dict[str, list[tuple[str, str, list[str]]]] = {  # label, preset, overri
                      ("td", "child_weighted"), ("td", "leaf_mean"), ("global", "child_weighted"),
                      ("global", "leaf_mean"), ("td+global", "leaf_mean"), ("value", "child_softmax")]
     ],
+    # (3) real text: SmolLM2-135M-Instruct (LoRA) on the Wikipedia benchmark, configs/tasks/wiki-smollm2.yaml
+    "wiki": [(p, p, []) for p in ("at2po", "grpo")],
     # the same loss/credit (at2po) so only the rollout shape differs
     "efficiency": [
         ("chains", "at2po", ["rollout.mode=chain"]),
@@ -147,6 +150,45 @@ def build_shared(size_name: str, work: Path, world_seed: int = 0) -> dict[str, s
     return shared
 
 
+WIKI_CONFIG = ROOT / "configs" / "tasks" / "wiki-smollm2.yaml"
+WIKI_BUDGET = 20_000  # generated tokens per wiki run (≈ 8 steps, ≈ 25 min on 2 idle cores)
+
+
+def build_shared_wiki() -> dict[str, str]:
+    """The wiki table's warm start, at the paths of ``configs/tasks/wiki-smollm2.yaml``; each input is made by its
+    command when missing (``make-wiki``, ``convert-smollm2``, ``wiki-demos``, ``sft``), as in the README."""
+    from at2po.agent.wiki import make_wiki
+    from at2po.agent.wiki_expert import write_wiki_demonstrations
+    from at2po.config import load_config
+    from at2po.models.smollm2 import convert_smollm2
+    from at2po.train.components import build_env, load_tokenizer
+    from at2po.train.sft import sft
+
+    cfg = load_config(str(WIKI_CONFIG))
+    if not (Path(cfg.data.train).is_file() and Path(cfg.data.index).is_dir()):
+        make_wiki(Path(cfg.data.train).parent)
+    convert_smollm2(cfg.model.path)  # a no-op when already converted
+    if not Path(cfg.data.sft).is_file():
+        env = build_env(cfg, load_tokenizer(cfg.model.path))
+        rows = [json.loads(line) for line in Path(cfg.data.train).read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            write_wiki_demonstrations(rows, env, cfg.data.sft, seed=cfg.train.seed)
+        finally:
+            env.close()
+    sft_dir = Path(cfg.sft.output_dir)
+    if not (sft_dir / "config.json").is_file():
+        sft(cfg)
+    return {"config": str(WIKI_CONFIG), "sft_model": str(sft_dir), "test": str(cfg.data.test)}
+
+
+def wiki_overrides(shared: dict[str, str], seed: int, budget: int | None, steps: int, out_dir: Path) -> list[str]:
+    """A wiki run: the task config unchanged, from the protocol-SFT checkpoint, budgeted like the grid."""
+    ov = [f"model.path={shared['sft_model']}", f"data.test={shared['test']}", f"train.output_dir={out_dir}",
+          f"train.seed={seed}", f"rollout.seed={seed}", f"train.steps={steps}", "eval.every=0",
+          "checkpoint.every=0", "checkpoint.keep_last=1", "logging.progress=false", "logging.tensorboard=false"]
+    return ov + ([f"train.max_generated_tokens={budget}"] if budget else [])
+
+
 def run_overrides(size: Size, shared: dict[str, str], preset: str, seed: int, budget: int | None, steps: int,
                   out_dir: Path) -> list[str]:
     """Config overrides of one run: data/model from the shared warm start, then the size's scale."""
@@ -184,7 +226,7 @@ def run_one(spec_path: Path) -> None:
     torch.set_num_threads(spec["threads"])
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    cfg = load_config(preset=spec["preset"], overrides=spec["overrides"])
+    cfg = load_config(spec.get("config"), overrides=spec["overrides"], preset=spec["preset"])
     t0 = time.perf_counter()
     res = train(cfg)
     out = {
@@ -197,18 +239,19 @@ def run_one(spec_path: Path) -> None:
 
 
 def run_grid(args: argparse.Namespace) -> list[dict[str, Any]]:
+    wiki = args.table == "wiki"
     size = SIZES[args.size]
     work = Path(args.work_dir)
-    print(f"[compare] shared warm start for size {args.size} in {work} …", flush=True)
-    shared = build_shared(args.size, work)
-    budget = None if args.table == "efficiency" else (args.token_budget or size.budget)
+    print(f"[compare] shared warm start for {'the wiki task' if wiki else 'size ' + args.size} …", flush=True)
+    shared = build_shared_wiki() if wiki else build_shared(args.size, work)
+    budget = None if args.table == "efficiency" else (args.token_budget or (WIKI_BUDGET if wiki else size.budget))
     steps = args.steps or (3 if args.table == "efficiency" else 10_000)  # a budgeted run stops at its budget
     rows = [r for r in TABLES[args.table] if not args.only or r[0] in args.only.split(",")]
     done: list[dict[str, Any]] = []
     for seed in args.seeds:
         for label, preset, extra in rows:
             slug = label.replace(" ", "_").replace("/", "-").replace("+", "p").replace("²", "2").replace("(", "").replace(")", "")
-            run_dir = work / f"{args.table}-{args.size}-b{budget or 0}" / f"{slug}-s{seed}"
+            run_dir = work / f"{args.table}-{'wiki-smollm2' if wiki else args.size}-b{budget or 0}" / f"{slug}-s{seed}"
             bench = run_dir / "bench.json"
             if not bench.is_file():
                 if run_dir.exists():  # an interrupted run: start it again from scratch
@@ -216,11 +259,15 @@ def run_grid(args: argparse.Namespace) -> list[dict[str, Any]]:
 
                     shutil.rmtree(run_dir)
                 run_dir.mkdir(parents=True)
-                overrides = run_overrides(size, shared, preset, seed, budget, steps, run_dir) + extra
+                if wiki:
+                    overrides = wiki_overrides(shared, seed, budget, steps, run_dir) + extra
+                else:
+                    overrides = run_overrides(size, shared, preset, seed, budget, steps, run_dir) + extra
                 if args.table == "efficiency":  # rollout/update cost only: no held-out evaluation
                     overrides.append("data.test=null")
                 overrides += args.set
-                spec = {"table": args.table, "label": label, "preset": preset, "seed": seed, "size": args.size,
+                spec = {"table": args.table, "label": label, "preset": preset, "seed": seed,
+                        "size": "wiki-smollm2" if wiki else args.size, "config": shared.get("config"),
                         "budget": budget, "threads": args.threads, "overrides": overrides}
                 (run_dir / "spec.json").write_text(json.dumps(spec, indent=2))
                 print(f"[compare] {label} seed {seed} → {run_dir}", flush=True)
@@ -260,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.report_only:
         runs = [json.loads(p.read_text()) | {"run_dir": str(p.parent)}
-                for p in sorted(Path(args.work_dir).glob(f"{args.table}-{args.size}-*/*/bench.json"))]
+                for p in sorted(Path(args.work_dir).glob(
+                    f"{args.table}-{'wiki-smollm2' if args.table == 'wiki' else args.size}-*/*/bench.json"))]
     else:
         runs = run_grid(args)
     out = Path(args.out or ROOT / "benchmarks" / "results" / args.table)

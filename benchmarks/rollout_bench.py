@@ -1,12 +1,12 @@
 """Rollout benchmark on the synthetic world: entropy tree vs chains, prefix reuse, engine vs ``model.generate``.
 
-    python benchmarks/rollout_bench.py [--prompts 8] [--m 10 --l 2 --k 6] [--device cpu|cuda]
+    python benchmarks/rollout_bench.py [--prompts 8] [--m 10 --l 2 --k 6] [--policy tiny|small] [--device cpu|cuda]
 
 1. builds the synthetic world (``make_world``), a tiny model (byte-level BPE trained on the world + random Llama) and
    warm-starts it for a few hundred SFT steps on the world's expert demonstrations, so the policy actually searches
    (multi-turn trajectories with real BM25 calls; cached under ``--out`` for reruns);
 2. rolls out the same test prompts as an entropy-guided tree (M + L·K leaves) and as M + L·K independent chains,
-   and the same tree again with the prefix cache off;
+   and the same tree again with the prefix cache off and with per-tree rounds (``rollout.tree_schedule``);
 3. measures HF-engine sampling throughput against ``model.generate`` on equal work (batch ≥ 16, fixed length).
 
 Ends with one ``ratio.<name>=<value>`` line per ratio.
@@ -24,8 +24,19 @@ from pathlib import Path
 import torch
 
 
-def build_policy(out: Path, world, steps: int, seed: int, device: str, window: int = 224, batch: int = 8):
-    """Tiny model trained for ``steps`` SFT steps on the expert demos (cached in ``out/policy``)."""
+# Policy sizes. ``tiny`` (0.26M parameters): a decode step costs about the same at any batch size (per-step
+# overhead dominates), the regime where saving tokens does not save wall time. ``small`` (≈3.5M): the cost of a
+# step grows with the batch, as for any real policy (SmolLM2-135M and up) on a CPU or a large-batch GPU rollout.
+POLICY_SIZES = {
+    "tiny": dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4),
+}
+LR = {"tiny": 5e-3, "small": 2e-3}
+
+
+def build_policy(out: Path, world, steps: int, seed: int, device: str, window: int = 224, batch: int = 8,
+                 size: str = "tiny"):
+    """A ``size`` model trained for ``steps`` SFT steps on the expert demos (cached in ``out/policy-<size>``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from at2po.agent.env import QAExample
@@ -33,14 +44,13 @@ def build_policy(out: Path, world, steps: int, seed: int, device: str, window: i
     from at2po.agent.protocol import INSTRUCTION
     from at2po.models.tiny import build_tiny_model
 
-    pol = out / "policy"
+    pol = out / f"policy-{size}"
     demos = [json.loads(line) for line in open(world.sft, encoding="utf-8")]
     if not (pol / "sft_done.json").is_file() or json.loads((pol / "sft_done.json").read_text())["steps"] != steps:
         texts = [INSTRUCTION] + [json.loads(line)["text"] for line in open(world.corpus, encoding="utf-8")]
         texts += [d["question"] for d in demos] + [t["text"] for d in demos for t in d["turns"]]
         texts += [t["observation"] for d in demos for t in d["turns"] if t["observation"]]
-        build_tiny_model(texts, pol, vocab_size=1024, seed=seed, hidden_size=96, intermediate_size=192,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+        build_tiny_model(texts, pol, vocab_size=1024, seed=seed, **POLICY_SIZES[size])
         tok = AutoTokenizer.from_pretrained(pol)
         model = AutoModelForCausalLM.from_pretrained(pol).to(device)
         seqs = []
@@ -68,7 +78,7 @@ def build_policy(out: Path, world, steps: int, seed: int, device: str, window: i
                 ids[b, : len(s)] = torch.tensor(s)
                 lab[b, : len(s)] = torch.where(torch.tensor(m) == 1, torch.tensor(s), -100)
             for g in opt.param_groups:
-                g["lr"] = 5e-3 * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / steps))
+                g["lr"] = LR[size] * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / steps))
             loss = model(input_ids=ids.to(device), labels=lab.to(device)).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -126,6 +136,24 @@ def throughput(model, tok, contexts, new_tokens: int, reps: int) -> tuple[float,
     return n / best_e, n / best_g
 
 
+def decode_step_ms(model, tok, contexts, batch: int, new_tokens: int = 32, reps: int = 3) -> float:
+    """Milliseconds per decode step of HFEngine at ``batch`` sequences (contexts cycled), best of ``reps``: how the
+    cost of a step grows with the batch tells which regime the wall-time ratio is measured in."""
+    from at2po.rollout.engine import SamplingParams
+    from at2po.rollout.hf_engine import HFEngine
+
+    eng = HFEngine(model, tok, prefix_cache=False, stop_at_eos=False, max_batch_sequences=batch)
+    ctxs = [contexts[i % len(contexts)] for i in range(batch)]
+    params = SamplingParams(max_new_tokens=new_tokens, temperature=1.0, seed=0)
+    eng.generate(ctxs[:1], SamplingParams(max_new_tokens=2, temperature=1.0, seed=0))  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        eng.generate(ctxs, params)
+        best = min(best, time.perf_counter() - t0)
+    return 1e3 * best / new_tokens
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("/tmp/at2po_rollout_bench"))
@@ -135,6 +163,11 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=6)
     ap.add_argument("--max-turn-tokens", type=int, default=96)
     ap.add_argument("--sft-steps", type=int, default=150)
+    ap.add_argument("--policy", choices=[*POLICY_SIZES, "sft-cpu-small"], default="tiny",
+                    help="tiny / small: a model of that size SFT'd here for --sft-steps on this script's world; "
+                         "sft-cpu-small: benchmarks/compare.py's cpu-small warm start (its world, env and SFT "
+                         "checkpoint, a policy that answers ~55%% of held-out questions; built once, ~6 min)")
+    ap.add_argument("--work-dir", type=Path, default=Path("runs/bench"), help="compare.py's cache (sft-cpu-small)")
     ap.add_argument("--throughput-batch", type=int, default=16)
     ap.add_argument("--throughput-tokens", type=int, default=64)
     ap.add_argument("--throughput-model", choices=["policy", "smollm2"], default="policy")
@@ -153,10 +186,25 @@ def main() -> None:
     from at2po.rollout.hf_engine import HFEngine
 
     t0 = time.perf_counter()
-    world = make_world(args.out / "world", seed=args.seed)
-    model, tok = build_policy(args.out, world, args.sft_steps, args.seed, args.device)
+    if args.policy == "sft-cpu-small":
+        from types import SimpleNamespace
+
+        from compare import SIZES as GRID_SIZES
+        from compare import build_shared
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        shared, grid = build_shared("cpu-small", args.work_dir), GRID_SIZES["cpu-small"]
+        world = SimpleNamespace(index=Path(shared["index"]), test=Path(shared["test"]))
+        tok = AutoTokenizer.from_pretrained(shared["sft_model"])
+        model = AutoModelForCausalLM.from_pretrained(shared["sft_model"]).to(args.device).eval()
+        env_cfg = EnvConfig(topk=grid.world["topk"], max_obs_tokens=grid.world["max_obs_tokens"],
+                            max_tool_calls=grid.max_tool_calls)
+    else:
+        world = make_world(args.out / "world", seed=args.seed)
+        model, tok = build_policy(args.out, world, args.sft_steps, args.seed, args.device, size=args.policy)
+        env_cfg = EnvConfig()
     print(f"world + policy ready in {time.perf_counter() - t0:.0f}s ({sum(p.numel() for p in model.parameters())/1e6:.2f}M params)")
-    env = SearchEnv(tok, BM25Retriever.load(world.index), EnvConfig())
+    env = SearchEnv(tok, BM25Retriever.load(world.index), env_cfg)
     rows = [json.loads(line) for line in open(world.test, encoding="utf-8")][: args.prompts]
     examples = [QAExample(r["question"], r["golden_answers"], id=r["id"]) for r in rows]
     leaves = args.m + args.l * args.k
@@ -172,11 +220,12 @@ def main() -> None:
             ("tree", eng, tree_cfg),
             ("chain", eng, chain_cfg),
             ("tree_no_reuse", HFEngine(model, tok, prefix_cache=False, max_batch_sequences=256), tree_cfg),
+            ("tree_per_tree", eng, tree_cfg.model_copy(update={"tree_schedule": "per_tree"})),
         ):
             res = timed_rollout(engine, env, examples, cfg)
             if name not in runs or res.metrics["wall_s"] < runs[name].metrics["wall_s"]:
                 runs[name] = res
-    keys = ["leaves", "generated_tokens", "prefill_tokens", "cached_tokens", "tool_calls", "turns_mean",
+    keys = ["leaves", "generated_tokens", "prefill_tokens", "cached_tokens", "tool_calls", "invalid_turns", "turns_mean",
             "response_tokens_mean", "reward_mean", "env/em", "phases", "gen_s", "tool_s", "wall_s"]
     print(f"\n{args.prompts} prompts, tree M={args.m} L={args.l} K={args.k} ({leaves} leaves) vs {leaves} chains, device={args.device}")
     print(f"{'metric':>22} " + " ".join(f"{k:>14}" for k in runs))
@@ -184,6 +233,14 @@ def main() -> None:
         print(f"{key:>22} " + " ".join(f"{runs[k].metrics.get(key, float('nan')):14.2f}" for k in runs))
     same = [[n.gen_ids for n in t.nodes] for t in runs["tree"].trees] == [[n.gen_ids for n in t.nodes] for t in runs["tree_no_reuse"].trees]
     print(f"tree with and without prefix reuse sample identical trees: {same}")
+    lock_same = [[n.gen_ids for n in t.nodes] for t in runs["tree"].trees] == [[n.gen_ids for n in t.nodes] for t in runs["tree_per_tree"].trees]
+    print(f"per-tree and lockstep schedules sample identical trees: {lock_same}")
+    prompts = [env.prompt_ids(ex) for ex in examples]
+    small_b, big_b = len(examples) * 2, len(examples) * leaves
+    ms_small, ms_big = decode_step_ms(model, tok, prompts, small_b), decode_step_ms(model, tok, prompts, big_b)
+    print(f"decode step ({args.policy} policy, {sum(p.numel() for p in model.parameters())/1e6:.2f}M params): "
+          f"{ms_small:.1f} ms at batch {small_b}, {ms_big:.1f} ms at batch {big_b} "
+          f"(step cost grows {ms_big / ms_small:.2f}x for {big_b / small_b:.0f}x the batch)")
 
     if args.throughput_model == "smollm2":
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -195,7 +252,7 @@ def main() -> None:
         ttok = AutoTokenizer.from_pretrained(path)
     else:
         tmodel, ttok = model, tok
-    tenv = SearchEnv(ttok, BM25Retriever.load(world.index), EnvConfig())
+    tenv = SearchEnv(ttok, BM25Retriever.load(world.index), env_cfg)
     all_rows = [json.loads(line) for line in open(world.test, encoding="utf-8")]
     contexts = [tenv.prompt_ids(QAExample(r["question"], r["golden_answers"])) for r in all_rows[: args.throughput_batch]]
     eng_tps, gen_tps = throughput(tmodel, ttok, contexts, args.throughput_tokens, reps=3)
@@ -209,6 +266,8 @@ def main() -> None:
     print(f"ratio.tree_over_chain_wall={t['wall_s'] / c['wall_s']:.3f}")
     print(f"ratio.prefill_reuse_over_none={t['prefill_tokens'] / nr['prefill_tokens']:.3f}")
     print(f"ratio.engine_over_generate_throughput={eng_tps / gen_tps:.3f}")
+    print(f"info.per_tree_over_lockstep_wall={runs['tree_per_tree'].metrics['wall_s'] / t['wall_s']:.3f}")
+    print(f"info.decode_step_cost_growth={ms_big / ms_small:.3f}  # step cost at batch {big_b} / at batch {small_b}")
 
 
 if __name__ == "__main__":

@@ -104,7 +104,8 @@ def split_questions(
 
 def _row(q: WikiQuestion, split: str, i: int) -> dict[str, Any]:
     return {"id": f"{q.data_source}-{split}-{i}", "question": q.question, "golden_answers": [q.answer],
-            "data_source": q.data_source, "hops": q.hops, "kind": q.kind, "evidence": list(q.evidence)}
+            "data_source": q.data_source, "hops": q.hops, "kind": q.kind, "evidence": list(q.evidence),
+            "bridge": q.bridge}
 
 
 @dataclass

@@ -35,6 +35,7 @@ class WikiQuestion:
     hops: int
     evidence: tuple[str, ...]  # corpus titles (ids) that support the answer, in reading order
     kind: str = ""  # the template / pattern that produced it (caps are per kind)
+    bridge: str | None = None  # two-hop: the entity that links the hops (the creator, the city's country)
 
 
 def package_file(package: str, relative: str) -> Path:
@@ -94,6 +95,24 @@ _CITY = re.compile(r"^(?:City|Capital city|Town|Port city|Municipality)\b[^()]* 
 _COUNTRY = re.compile(r"^(?:Country|Sovereign state|Island country|Landlocked country) in (?P<region>[^(),]+)$")
 
 
+# Descriptions like "Composer (1756–1791)", "Sufi poet (…)" or "King of … (…)" start with a capitalised word that
+# is not a nationality: keep only demonyms (by their endings, "Greek"/"Thai"-style exceptions listed) and drop
+# religions, which share the endings.
+_DEMONYM_END = ("an", "ish", "ese", "ch", "i", "ss", "ic")
+_DEMONYM_EXTRA = {"Greek", "Thai", "Swiss", "Dutch", "French", "Scots", "Inuit", "Welsh", "Soviet", "Argentine", "Florentine",
+                  "Mongol", "Breton", "Anglo", "Austro", "Franco", "Sino", "Afro"}
+_NOT_DEMONYM = {"Sufi", "Confucian", "Christian", "Lutheran", "Anglican", "Buddhist", "Hindu", "Catholic",
+                "Muslim", "Islamic", "Victorian", "Renaissance", "Republican", "Vedic", "Benedictine", "Shi"}
+
+
+def is_demonym(word: str) -> bool:
+    """``"Canadian-American"`` → True, ``"Composer"`` / ``"Sufi"`` → False (each hyphen part must be one)."""
+    parts = word.split("-")
+    return all(
+        (p in _DEMONYM_EXTRA or p.endswith(_DEMONYM_END)) and p not in _NOT_DEMONYM for p in parts
+    )
+
+
 def _strip_the(s: str) -> str:
     return s[4:] if s.startswith("the ") else s
 
@@ -107,7 +126,7 @@ def description_questions(summaries: dict[str, dict]) -> Iterator[WikiQuestion]:
     capital_of: dict[str, str] = {}  # country title -> capital title
     for t in sorted(summaries):
         d = desc[t]
-        if (m := _PERSON.match(d)) and summaries[t].get("topic") in ("People", "Uncategorized"):
+        if (m := _PERSON.match(d)) and summaries[t].get("topic") in ("People", "Uncategorized") and is_demonym(m["nat"]):
             if appears_in(m["nat"], text[t]):
                 nationality[t] = m["nat"]
                 q = f"What nationality was {_clean_title(t)}?"
@@ -133,9 +152,9 @@ def description_questions(summaries: dict[str, dict]) -> Iterator[WikiQuestion]:
             yield WikiQuestion(f"Who {verb} the {what} {_clean_title(t)}?", who, "wiki_desc", 1, (t,), "creator")
             if who in nationality:
                 q = f"What nationality was the creator of the {what} {_clean_title(t)}?"
-                yield WikiQuestion(q, nationality[who], "wiki_2hop", 2, (t, who), "creator_nationality")
+                yield WikiQuestion(q, nationality[who], "wiki_2hop", 2, (t, who), "creator_nationality", bridge=who)
     for city, country in sorted(city_country.items()):
         cap = capital_of.get(country)
         if cap and cap != city:
             q = f"What is the capital of the country where {_clean_title(city)} is?"
-            yield WikiQuestion(q, _clean_title(cap), "wiki_2hop", 2, (city, cap), "city_capital")
+            yield WikiQuestion(q, _clean_title(cap), "wiki_2hop", 2, (city, cap), "city_capital", bridge=country)

@@ -76,6 +76,38 @@ def sft(
     typer.echo(f"SFT model → {path}")
 
 
+def wiki_demos(
+    args: Optional[list[str]] = typer.Argument(None, help=_OVERRIDES_HELP),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p"),
+    out: Optional[Path] = typer.Option(None, "--out", help="demonstrations JSONL to write (default: data.sft)"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="stop after this many solved demonstrations"),
+) -> None:
+    """Protocol demonstrations for the Wikipedia benchmark (data.train), made with the run's own env and tokenizer."""
+    import json
+
+    from at2po.agent.wiki_expert import write_wiki_demonstrations
+    from at2po.config import ConfigError
+    from at2po.train.components import MissingPathError, build_env, check_paths, load_tokenizer
+
+    try:
+        cfg = _resolve(list(args or []), preset)
+        check_paths(cfg, ("model", "train", "index"))
+        target = out or (Path(cfg.data.sft) if cfg.data.sft else None)
+        if target is None:
+            raise ConfigError("data.sft is not set and no --out given: where should the demonstrations go?")
+        env = build_env(cfg, load_tokenizer(cfg.model.tokenizer or cfg.model.path))
+    except (ConfigError, MissingPathError) as exc:
+        _fail(exc)
+        return
+    try:
+        rows = [json.loads(line) for line in Path(str(cfg.data.train)).read_text(encoding="utf-8").splitlines() if line.strip()]
+        path, stats = write_wiki_demonstrations(rows, env, target, limit=limit, seed=cfg.train.seed)
+    finally:
+        env.close()
+    typer.echo(json.dumps(stats, indent=2))
+    typer.echo(f"wrote {stats['demos']} demonstrations → {path}")
+
+
 def eval_cmd(
     args: Optional[list[str]] = typer.Argument(None, help=_OVERRIDES_HELP),
     preset: Optional[str] = typer.Option(None, "--preset", "-p"),
@@ -138,5 +170,6 @@ def register(app: typer.Typer) -> None:
     ctx = {"allow_extra_args": False}
     app.command("train", context_settings=ctx)(train)
     app.command("sft")(sft)
+    app.command("wiki-demos")(wiki_demos)
     app.command("eval")(eval_cmd)
     app.command("plot")(plot)

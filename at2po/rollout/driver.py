@@ -1,5 +1,5 @@
 """The rollout driver: independent chains (GRPO/DAPO/GSPO), random trees (Tree-GRPO) and entropy-guided trees
-(AT²PO, spec Component 1), all trees advancing together in batched phases.
+(AT²PO, spec Component 1), every open branch of every tree advancing together in batched phases.
 
 A *branch* is an open trajectory waiting for its next turn. A phase generates the next turn of every open branch
 in one batched engine call, classifies each turn with ``env.parse_turn``, runs all tool calls of the phase in one
@@ -11,6 +11,12 @@ Tree mode: M initial chains per prompt; then L rounds, each selecting K nodes pe
 and forking each selected node n: a new sibling of n is sampled from n's state — the context up to, not including,
 n's generated tokens (so including the observation that preceded n) — and rolled out to completion. Picking the
 root starts a new chain. Every branch ends in exactly one leaf, so a tree has M + L·K leaves.
+
+Scheduling (``tree_schedule``): "lockstep" (default) runs round r of all trees after all trees finished round
+r−1; with "per_tree" each tree starts its next round as soon as its own branches have all ended, and its forks join
+the next phase next to other trees' branches of any round, so a tree of short trajectories does not wait for the
+longest tree. Selection reads only the tree itself and each turn's random stream is keyed by (seed, tree, node),
+so both schedules build the same trees; only the phase count and wall time differ.
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ class RolloutConfig(BaseModel):
     alpha: float = Field(0.05, ge=0.0, description="branch penalty α in s(n) = H(n) − α·|siblings|")
     expansion: Literal["entropy", "random"] = "entropy"
     expand_leaves: bool = False  # allow leaves as fork candidates (the spec uses non-leaf nodes only)
+    # lockstep: round r of every tree starts when all trees finished round r−1 (the reference code's batching);
+    # per_tree: a tree starts its next round as soon as its own branches have ended (never more phases; pays off
+    # when a phase's fixed cost — e.g. a slow retrieval server — dominates). Both build the same trees.
+    tree_schedule: Literal["lockstep", "per_tree"] = "lockstep"
     max_turn_tokens: int = Field(512, ge=1)
     max_response_tokens: int = Field(6192, ge=1, description="generated + observation tokens after the prompt")
     temperature: float = Field(1.0, ge=0.0)
@@ -77,43 +87,64 @@ def rollout(engine: Engine, env: AgentEnv, examples: list[QAExample], cfg: Rollo
         trees.append(TurnTree(prompt_ids=prompt, meta={"example": ex, "mode": cfg.mode, "expansion": cfg.expansion}))
     runner = PhaseRunner(engine, env, trees, cfg)
     if cfg.mode == "chain":
-        runner.run([Branch(t, 0, [], "", 0, tree.prompt_ids) for t, tree in enumerate(trees) for _ in range(cfg.n)], 0)
+        runner.run([Branch(t, 0, [], "", 0, tree.prompt_ids) for t, tree in enumerate(trees) for _ in range(cfg.n)])
     else:
-        random_groups = cfg.expansion == "random"  # Tree-GRPO: each initial chain is its own group (tree)
-        next_group = [cfg.m] * len(trees)
-        runner.run(
-            [
-                Branch(t, 0, [], "", j if random_groups else 0, tree.prompt_ids)
-                for t, tree in enumerate(trees)
-                for j in range(cfg.m)
-            ],
-            0,
-        )
-        for r in range(1, cfg.l + 1):
-            arrays, _, offsets = stack_trees(trees)
-            picks = select_nodes_forest(
-                arrays.parent, arrays.entropy, arrays.is_leaf, cfg.k, cfg.alpha, cfg.expansion,
-                rng=np.random.default_rng([cfg.seed, r]), allow_leaves=cfg.expand_leaves,
-            )  # [n_trees, K] global node indices
-            branches: list[Branch] = []
-            for t, tree in enumerate(trees):
-                for g in picks[t]:
-                    if g < 0:
-                        continue
-                    n = int(g - offsets[t])
-                    if n == 0:  # the root: a new independent chain
-                        group = next_group[t] if random_groups else 0
-                        next_group[t] += random_groups
-                        branches.append(Branch(t, 0, [], "", group, tree.prompt_ids, forked_from=0))
-                    else:
-                        node = tree.nodes[n]
-                        branches.append(
-                            Branch(t, node.parent, node.obs_ids, node.obs_text, node.group, tree.context_ids(n), forked_from=n)
-                        )
-                        node.info["forks"] = node.info.get("forks", 0) + 1
-            runner.run(branches, r)
+        _run_trees(runner, trees, cfg)
     runner.score_leaves()
     return RolloutResult(trees, _metrics(trees, runner, engine, s0, time.perf_counter() - t0), runner.phases)
+
+
+def _run_trees(runner: PhaseRunner, trees: list[TurnTree], cfg: RolloutConfig) -> None:
+    """M initial chains per tree, then L expansion rounds of K forks per tree (``cfg.tree_schedule``: each tree
+    starts its next round as soon as its own branches have ended, or all trees round by round)."""
+    random_groups = cfg.expansion == "random"  # Tree-GRPO: each initial chain is its own group (tree)
+    next_group = [cfg.m] * len(trees)
+
+    def forks(ts: list[int], r: int, rng: np.random.Generator) -> list[Branch]:
+        """Round ``r``: select K nodes in each tree of ``ts`` (one vectorised call) and open a branch at each."""
+        arrays, _, offsets = stack_trees([trees[t] for t in ts])
+        picks = select_nodes_forest(
+            arrays.parent, arrays.entropy, arrays.is_leaf, cfg.k, cfg.alpha, cfg.expansion,
+            rng=rng, allow_leaves=cfg.expand_leaves,
+        )  # [len(ts), K] node indices into the stacked forest
+        out: list[Branch] = []
+        for row, t in enumerate(ts):
+            tree = trees[t]
+            for g in picks[row]:
+                if g < 0:
+                    continue
+                n = int(g - offsets[row])
+                if n == 0:  # the root: a new independent chain
+                    group = next_group[t] if random_groups else 0
+                    next_group[t] += random_groups
+                    out.append(Branch(t, 0, [], "", group, tree.prompt_ids, forked_from=0, round=r))
+                else:
+                    node = tree.nodes[n]
+                    out.append(Branch(t, node.parent, node.obs_ids, node.obs_text, node.group, tree.context_ids(n),
+                                      forked_from=n, round=r))
+                    node.info["forks"] = node.info.get("forks", 0) + 1
+        return out
+
+    initial = [
+        Branch(t, 0, [], "", j if random_groups else 0, tree.prompt_ids) for t, tree in enumerate(trees) for j in range(cfg.m)
+    ]
+    if cfg.tree_schedule == "lockstep":
+        runner.run(initial)
+        for r in range(1, cfg.l + 1):
+            runner.run(forks(list(range(len(trees))), r, np.random.default_rng([cfg.seed, r])))
+        return
+    done_rounds = [0] * len(trees)
+
+    def on_idle(t: int) -> list[Branch]:
+        while done_rounds[t] < cfg.l:  # a round without candidates opens nothing: go on to the next one
+            done_rounds[t] += 1
+            r = done_rounds[t]
+            new = forks([t], r, np.random.default_rng([cfg.seed, r, t]))
+            if new:
+                return new
+        return []
+
+    runner.run(initial, on_idle)
 
 
 def _metrics(trees: list[TurnTree], runner: PhaseRunner, engine: Engine, s0: dict[str, Any], wall: float) -> dict[str, float]:

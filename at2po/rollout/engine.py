@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from at2po.rollout.sampling import derive_seed
+
 FinishReason = Literal["stop", "eos", "length"]
 
 
@@ -73,8 +75,11 @@ class Engine(ABC):
     max_model_len: int
 
     @abstractmethod
-    def generate(self, contexts: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
-        """Sample one continuation per context (contexts may differ in length)."""
+    def generate(
+        self, contexts: Sequence[Sequence[int]], params: SamplingParams, seeds: Sequence[int] | None = None
+    ) -> list[Generation]:
+        """Sample one continuation per context (contexts may differ in length). ``seeds``: one random stream per
+        context (default: derived from ``params.seed`` and the context's index, see :func:`sequence_seeds`)."""
 
     @abstractmethod
     def stats(self) -> EngineStats:
@@ -91,3 +96,16 @@ class Engine(ABC):
 
     def clear_cache(self) -> None:
         """Drop any prefix/KV cache (called after a weight update so rollouts stay on-policy)."""
+
+
+def sequence_seeds(n: int, params: SamplingParams, seeds: Sequence[int] | None, who: str) -> list[int]:
+    """Per-sequence seeds of one ``generate`` call: the caller's ``seeds`` (one per context), else
+    ``derive_seed(params.seed, i)`` for context i (a fresh random base when ``params.seed`` is None)."""
+    if seeds is not None:
+        if len(seeds) != n:
+            raise ValueError(f"{who}.generate: {len(seeds)} seeds for {n} contexts")
+        return [int(x) for x in seeds]
+    import torch
+
+    base = params.seed if params.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)))
+    return [derive_seed(base, i) for i in range(n)]

@@ -26,9 +26,17 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from at2po.rollout.engine import validate_contexts, Engine, EngineStats, FinishReason, Generation, SamplingParams
+from at2po.rollout.engine import (
+    Engine,
+    EngineStats,
+    FinishReason,
+    Generation,
+    SamplingParams,
+    sequence_seeds,
+    validate_contexts,
+)
 from at2po.rollout.prefix_cache import KVEntry, PrefixCache
-from at2po.rollout.sampling import derive_seed, sample
+from at2po.rollout.sampling import sample
 
 
 class HFEngine(Engine):
@@ -99,11 +107,12 @@ class HFEngine(Engine):
             self.model.load_state_dict(model.state_dict())
         self.clear_cache()  # cached key/values were computed by the old weights
 
-    def generate(self, contexts: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
+    def generate(
+        self, contexts: Sequence[Sequence[int]], params: SamplingParams, seeds: Sequence[int] | None = None
+    ) -> list[Generation]:
         t0 = time.perf_counter()
         ctxs = validate_contexts(contexts, self.max_model_len, self.vocab_size, "HFEngine")
-        base = params.seed if params.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)))
-        seeds = [derive_seed(base, i) for i in range(len(ctxs))]
+        seeds = sequence_seeds(len(ctxs), params, seeds, "HFEngine")
         out: list[Generation | None] = [None] * len(ctxs)
         was_training = self.model.training  # the trainer may share this model: no dropout, keep the KV cache on
         self.model.eval()

@@ -9,7 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from at2po.agent.env import AgentEnv, ParsedTurn, ToolResult, TurnKind
 from at2po.agent.protocol import format_observation
@@ -32,6 +32,7 @@ class Branch:
     group: int
     context: list[int]  # prompt + every earlier (obs + gen) + obs_ids: exactly what the model sees
     forked_from: int | None = None  # the node whose state this branch forks (tree mode), 0 for a new chain
+    round: int = 0  # expansion round that opened it (0: the initial chains)
 
 
 class PhaseRunner:
@@ -44,29 +45,46 @@ class PhaseRunner:
         self.tokenizer = engine.tokenizer
 
     # --- phases -------------------------------------------------------------------------------------
-    def run(self, branches: list[Branch], round_: int) -> None:
-        """Advance ``branches`` (and the branches their tool calls open) until every one ends in a leaf."""
+    def run(self, branches: list[Branch], on_idle: Callable[[int], list[Branch]] | None = None) -> None:
+        """Advance ``branches`` (and the branches their tool calls open) until every one ends in a leaf.
+
+        ``on_idle(t)`` is called for each tree whose last open branch ended in the phase just run; the branches it
+        returns join the next phase (per-tree expansion rounds: a tree does not wait for the other trees)."""
         while branches:
-            branches = self._phase(branches, round_)
+            active = {b.tree for b in branches}
+            branches = self._phase(branches)
+            if on_idle is not None:
+                still = {b.tree for b in branches}
+                for t in sorted(active - still):
+                    branches += on_idle(t)
 
     def _budget(self, b: Branch) -> int:
         used = len(b.context) - len(self.trees[b.tree].prompt_ids)
         return min(self.cfg.max_turn_tokens, self.cfg.max_response_tokens - used, self.engine.max_model_len - len(b.context))
 
+    def _seeds(self, branches: list[Branch]) -> list[int]:
+        """One random stream per turn, keyed by (tree, index of the node the turn becomes): a tree's sampled tokens
+        depend only on the seed and that tree, not on batching, chunking or the tree schedule."""
+        next_node: dict[int, int] = {}
+        out = []
+        for b in branches:  # nodes are added in branch order (``_phase``), so the index is known in advance
+            n = next_node.get(b.tree, len(self.trees[b.tree].nodes))
+            next_node[b.tree] = n + 1
+            out.append(derive_seed(derive_seed(self.cfg.seed, b.tree), n))
+        return out
+
     def _generate(self, branches: list[Branch]) -> list[Generation]:
         cfg, env = self.cfg, self.env
         gens: list[Generation] = []
-        step = 0
+        seeds = self._seeds(branches)
         for lo in range(0, len(branches), cfg.max_concurrent_sequences):
             chunk = branches[lo : lo + cfg.max_concurrent_sequences]
             params = SamplingParams(
                 max_new_tokens=max(self._budget(b) for b in chunk),
                 temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                 stop=tuple(env.stop_strings), stop_token_ids=tuple(env.stop_token_ids),
-                seed=derive_seed(cfg.seed, len(self.phases) * 1_000_003 + step),
             )
-            gens.extend(self.engine.generate([b.context for b in chunk], params))
-            step += 1
+            gens.extend(self.engine.generate([b.context for b in chunk], params, seeds[lo : lo + len(chunk)]))
         # One call serves branches with different remaining budgets: cut each to its own (sampling is causal,
         # so the kept tokens and log-probs are exactly those a shorter call would have produced).
         for i, (b, g) in enumerate(zip(branches, gens)):
@@ -75,7 +93,7 @@ class PhaseRunner:
                 gens[i] = Generation(g.token_ids[:cap], g.logprobs[:cap], "length")
         return gens
 
-    def _phase(self, branches: list[Branch], round_: int) -> list[Branch]:
+    def _phase(self, branches: list[Branch]) -> list[Branch]:
         t0 = time.perf_counter()
         gen_before = self.engine.stats().generated_tokens
         gens = self._generate(branches)
@@ -90,7 +108,8 @@ class PhaseRunner:
             )
             node = tree.nodes[n]
             node.info["finish_reason"] = g.finish_reason
-            node.info["round"] = round_
+            node.info["round"] = b.round
+            node.info["phase"] = len(self.phases)  # index of the batched phase that generated it
             if b.forked_from is not None:
                 node.info["forked_from"] = b.forked_from
             ctx = b.context + list(g.token_ids)
@@ -130,10 +149,10 @@ class PhaseRunner:
                 node.end = TurnEnd.TRUNCATED  # no room left for another turn after this observation
                 node.info["truncated"] = "after_observation"
                 continue
-            out.append(Branch(b.tree, n, obs_ids, res.observation, node.group, nxt))
+            out.append(Branch(b.tree, n, obs_ids, res.observation, node.group, nxt, round=b.round))
         self.phases.append(
             {
-                "round": float(round_),
+                "round": float(max(b.round for b in branches)),  # rounds mix when trees expand on their own
                 "sequences": float(len(branches)),
                 "generated_tokens": float(self.engine.stats().generated_tokens - gen_before),
                 "tool_calls": float(sum(c[3].kind == TurnKind.TOOL_CALL for c in calls)),

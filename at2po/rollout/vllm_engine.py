@@ -29,8 +29,15 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from at2po.rollout.engine import validate_contexts, Engine, EngineStats, FinishReason, Generation, SamplingParams
-from at2po.rollout.sampling import derive_seed
+from at2po.rollout.engine import (
+    Engine,
+    EngineStats,
+    FinishReason,
+    Generation,
+    SamplingParams,
+    sequence_seeds,
+    validate_contexts,
+)
 
 GiB = 1 << 30
 
@@ -196,7 +203,9 @@ class VLLMEngine(Engine):
             self.llm.wake_up()
             self.sleeping = False
 
-    def generate(self, contexts: Sequence[Sequence[int]], params: SamplingParams) -> list[Generation]:
+    def generate(
+        self, contexts: Sequence[Sequence[int]], params: SamplingParams, seeds: Sequence[int] | None = None
+    ) -> list[Generation]:
         from vllm import SamplingParams as VSP
 
         t0 = time.perf_counter()
@@ -205,7 +214,7 @@ class VLLMEngine(Engine):
         ctxs = validate_contexts(contexts, self.max_model_len, self.vocab_size, "VLLMEngine")
         if params.max_new_tokens < 1:
             raise ValueError(f"VLLMEngine.generate: max_new_tokens must be ≥ 1, got {params.max_new_tokens}")
-        base = params.seed if params.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)))
+        seeds = sequence_seeds(len(ctxs), params, seeds, "VLLMEngine")
         greedy = params.temperature <= 0
         sps = [
             VSP(
@@ -214,7 +223,7 @@ class VLLMEngine(Engine):
                 top_p=params.top_p,
                 top_k=params.top_k if params.top_k > 0 else 0,
                 # per-sequence seed, same derivation as the HF engine: a sequence's draws do not depend on its batch
-                seed=None if greedy else derive_seed(base, i) & 0x7FFFFFFF,
+                seed=None if greedy else seeds[i] & 0x7FFFFFFF,
                 max_tokens=min(params.max_new_tokens, self.max_model_len - len(c)),
                 stop=list(params.stop) or None,
                 stop_token_ids=list(params.stop_token_ids) or None,

@@ -10,16 +10,11 @@ import pytest
 
 from at2po.agent.retrievers import read_corpus
 from at2po.agent.wiki import load_summaries, make_wiki
-from at2po.agent.wiki_questions import appears_in, description_questions, package_file
+from at2po.agent.wiki_questions import appears_in, description_questions, is_demonym, package_file
 
 
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-@pytest.fixture(scope="module")
-def wiki(tmp_path_factory):
-    return make_wiki(tmp_path_factory.mktemp("wiki"), seed=0)
 
 
 def test_corpus_is_the_offline_wikipedia(wiki):
@@ -100,6 +95,30 @@ def test_description_patterns_on_handmade_articles():
         ("In which country is Rabat?", "Morocco", "city_country"),  # "Capital city of X" is a city too
         ("What is the capital of the country where Marrakesh is?", "Rabat", "city_capital"),
     }
+
+
+def test_nationality_answers_are_demonyms_not_occupations():
+    arts = {
+        "Wolfgang Amadeus Mozart": ("Composer (1756–1791)", "Mozart was a prolific composer of the Classical period."),
+        "Rumi": ("Sufi poet (1207–1273)", "Rumi was a Sufi poet and mystic."),
+        "Henry Purcell": ("English composer (1659–1695)", "Henry Purcell was an English composer."),
+        "Raymond Chandler": ("Anglo-American novelist (1888–1959)", "Raymond Chandler was an Anglo-American novelist."),
+    }
+    summaries = {t: {"title": t, "description": d, "extract": x, "topic": "People"} for t, (d, x) in arts.items()}
+    got = {(q.question, q.answer) for q in description_questions(summaries)}
+    assert got == {("What nationality was Henry Purcell?", "English"),
+                   ("What nationality was Raymond Chandler?", "Anglo-American")}
+    assert is_demonym("Canadian-American") and is_demonym("Swiss") and is_demonym("Welsh")
+    assert not any(is_demonym(w) for w in ("Composer", "Sufi", "Muslim", "King", "Founder", "Priest", "President"))
+
+
+def test_two_hop_rows_name_their_bridge(wiki):
+    rows = [r for r in _rows(wiki.train) + _rows(wiki.test) if r["hops"] == 2]
+    text = {d.id: d.text for d in read_corpus(wiki.corpus)}
+    assert rows and all(r["bridge"] for r in rows)
+    for r in rows:  # the bridge is named in the first article: that is how a reader gets to the second hop
+        assert appears_in(r["bridge"], text[r["evidence"][0]]), r
+    assert all(r["bridge"] is None for r in _rows(wiki.train) if r["hops"] == 1)
 
 
 def test_bad_summaries_file_is_named(tmp_path):

@@ -68,6 +68,25 @@ def test_seeded_sampling_is_deterministic_and_independent_of_batch(tiny, context
     assert [g.token_ids for g in other] != [g.token_ids for g in a]
 
 
+def test_explicit_per_sequence_seeds(tiny, contexts):
+    """``seeds`` gives each context its own stream: any context, at any position, with the same seed samples the
+    same tokens; without ``seeds`` the stream of context i is derived from (params.seed, i)."""
+    from at2po.rollout.sampling import derive_seed
+
+    model, tok = tiny
+    eng = HFEngine(model, tok, prefix_cache=False)
+    p = SamplingParams(max_new_tokens=16, seed=7)
+    a = eng.generate(contexts, p, seeds=[11, 12, 13, 14])
+    rev = eng.generate(contexts[::-1], p, seeds=[14, 13, 12, 11])
+    assert [g.token_ids for g in a] == [g.token_ids for g in rev[::-1]]
+    one = eng.generate(contexts[2:3], SamplingParams(max_new_tokens=16, seed=0), seeds=[13])
+    assert one[0].token_ids == a[2].token_ids
+    derived = eng.generate(contexts, p, seeds=[derive_seed(7, i) for i in range(len(contexts))])
+    assert [g.token_ids for g in derived] == [g.token_ids for g in eng.generate(contexts, p)]
+    with pytest.raises(ValueError, match="3 seeds for 4 contexts"):
+        eng.generate(contexts, p, seeds=[1, 2, 3])
+
+
 def test_stop_string_straddling_tokens(tiny, contexts):
     model, tok = tiny
     eng = HFEngine(model, tok, prefix_cache=False, stop_at_eos=False)

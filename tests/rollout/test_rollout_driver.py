@@ -83,6 +83,25 @@ def test_entropy_selection_forks_the_top_scoring_nodes(tiny, scripted_env):
         assert all(s[p] >= s[c] - 1e-12 for p in picked for c in cand if c not in picked)
 
 
+def test_per_tree_schedule_builds_the_same_trees_in_fewer_phases(tiny, scripted_env):
+    """Each turn's random stream is keyed by (tree, node), so both schedules must build exactly the same trees
+    (selection reads only the tree); a tree that finishes early starts its next round at once."""
+    model, tok = tiny
+    per = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, tree_cfg(tree_schedule="per_tree"))
+    lock = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, tree_cfg(tree_schedule="lockstep"))
+    assert signature(per.trees) == signature(lock.trees)
+    for a in per.trees:
+        check_tree(a, 3 + 2 * 2)
+        rounds = [n.info["round"] for n in a.nodes[1:]]
+        assert rounds == sorted(rounds)  # a tree's round r starts only after all its round r−1 branches ended
+    assert per.metrics["generated_tokens"] == lock.metrics["generated_tokens"]
+    depth = [max(t.depth(i) for i in t.leaves()) for t in per.trees]
+    assert len(set(depth)) > 1  # trees of different depths: the case per-tree rounds are for
+    assert per.metrics["phases"] < lock.metrics["phases"]
+    assert any(len({n.info["round"] for t in per.trees for n in t.nodes[1:] if n.info.get("phase") == p}) > 1
+               for p in range(int(per.metrics["phases"])))  # some phase mixes rounds of different trees
+
+
 def test_random_expansion_groups_and_chain_mode(tiny, scripted_env):
     model, tok = tiny
     res = rollout(HFEngine(model, tok), scripted_env, QUESTIONS[:2], tree_cfg(expansion="random"))
@@ -200,9 +219,14 @@ def test_rollout_is_deterministic_under_a_seed(tiny, scripted_env):
     c = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, tree_cfg(seed=4))
     assert signature(a.trees) == signature(b.trees)
     assert signature(a.trees) != signature(c.trees)
-    # independent of the engine's batch size (sequences per forward)
+    # independent of the engine's batch size (sequences per forward) and of the driver's chunking
     d = rollout(HFEngine(model, tok, max_batch_sequences=3), scripted_env, QUESTIONS, tree_cfg(seed=3))
     assert signature(d.trees) == signature(a.trees)
+    e = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, tree_cfg(seed=3, max_concurrent_sequences=2))
+    assert signature(e.trees) == signature(a.trees)
+    # a tree depends on its own prompt and the seed only, not on which other prompts share the batch
+    f = rollout(HFEngine(model, tok), scripted_env, QUESTIONS[:1], tree_cfg(seed=3))
+    assert signature(f.trees) == signature(a.trees)[:1]
 
 
 def test_plain_search_env_with_random_model(tiny, retriever):

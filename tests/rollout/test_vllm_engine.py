@@ -85,6 +85,10 @@ def test_sampled_logprobs_are_temperature_scaled_and_seeded(engine, hf_model, co
     assert a[1].token_ids == b[1].token_ids  # index 1 is the same context in both orders
     assert [g.token_ids for g in a] != [g.token_ids for g in c]
     assert_matches_hf(hf_model, contexts, a, temperature=0.7, greedy=False)
+    n = len(contexts)  # explicit per-sequence seeds (the rollout driver's): a stream follows its context
+    d = engine.generate(contexts, p, seeds=list(range(100, 100 + n)))
+    e = engine.generate(contexts[::-1], p, seeds=list(range(100, 100 + n))[::-1])
+    assert [g.token_ids for g in d] == [g.token_ids for g in e[::-1]]
 
 
 def test_stop_strings_eos_and_length(engine, contexts):
