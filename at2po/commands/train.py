@@ -99,9 +99,15 @@ def wiki_demos(
     except (ConfigError, MissingPathError) as exc:
         _fail(exc)
         return
-    try:
-        rows = [json.loads(line) for line in Path(str(cfg.data.train)).read_text(encoding="utf-8").splitlines() if line.strip()]
+    from at2po.agent.datasets import DatasetError, load_qa
+
+    try:  # load_qa validates rows (file:line errors, JSONL or Parquet); evidence/bridge/... arrive in meta
+        rows = [{**ex.meta, "id": ex.id, "question": ex.question, "golden_answers": ex.golden_answers,
+                 "data_source": ex.data_source} for ex in load_qa(str(cfg.data.train))]
         path, stats = write_wiki_demonstrations(rows, env, target, limit=limit, seed=cfg.train.seed)
+    except DatasetError as exc:
+        _fail(exc)
+        return
     finally:
         env.close()
     typer.echo(json.dumps(stats, indent=2))

@@ -67,6 +67,9 @@ def test_unretrievable_answers_are_left_out(wiki, env, tmp_path):
     row = {"id": "x", "question": "What is the capital of Lebanon?", "golden_answers": ["Qwertzuiop"],
            "data_source": "wiki_desc", "hops": 1, "evidence": ["Beirut"], "bridge": None}
     assert WikiExpert(env).solve_row(row).prediction is None
+    plain = {"id": "nq-0", "question": "What is the capital of Lebanon?", "golden_answers": ["Beirut"]}  # no evidence
+    demo = WikiExpert(env).solve_row(plain)
+    assert demo.prediction == "Beirut" and len(demo.turns) == 2
     good = _rows(wiki.train)[:5]
     path, stats = write_wiki_demonstrations([row] + good, env, tmp_path / "sft.jsonl", limit=3)
     assert stats["demos"] == 3 and len(_rows(path)) == 3
@@ -109,3 +112,7 @@ def test_cli_writes_demonstrations_with_the_run_env(wiki, tmp_path):
     assert res.exit_code == 2 and "data.sft" in res.output
     res = runner.invoke(app, ["wiki-demos", *base[1:], "--out", str(tmp_path / "x.jsonl")])  # no data.train
     assert res.exit_code == 2 and "data.train" in res.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(wiki.train.read_text(encoding="utf-8").splitlines()[0] + '\n{"question": "no answers"}\n')
+    res = runner.invoke(app, ["wiki-demos", f"data.train={bad}", *base[1:], "--out", str(tmp_path / "y.jsonl")])
+    assert res.exit_code == 2 and "bad.jsonl:2" in res.output
