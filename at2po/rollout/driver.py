@@ -100,8 +100,12 @@ def _run_trees(runner: PhaseRunner, trees: list[TurnTree], cfg: RolloutConfig) -
     random_groups = cfg.expansion == "random"  # Tree-GRPO: each initial chain is its own group (tree)
     next_group = [cfg.m] * len(trees)
 
-    def forks(ts: list[int], r: int, rng: np.random.Generator) -> list[Branch]:
-        """Round ``r``: select K nodes in each tree of ``ts`` (one vectorised call) and open a branch at each."""
+    def forks(ts: list[int], r: int) -> list[Branch]:
+        """Round ``r``: select K nodes in each tree of ``ts`` (one vectorised call) and open a branch at each.
+        Random picks draw from a stream per (seed, round, tree), so they do not depend on the schedule either."""
+        if cfg.expansion == "random" and len(ts) > 1:
+            return [b for t in ts for b in forks([t], r)]
+        rng = np.random.default_rng([cfg.seed, r, ts[0]]) if cfg.expansion == "random" else None
         arrays, _, offsets = stack_trees([trees[t] for t in ts])
         picks = select_nodes_forest(
             arrays.parent, arrays.entropy, arrays.is_leaf, cfg.k, cfg.alpha, cfg.expansion,
@@ -131,7 +135,7 @@ def _run_trees(runner: PhaseRunner, trees: list[TurnTree], cfg: RolloutConfig) -
     if cfg.tree_schedule == "lockstep":
         runner.run(initial)
         for r in range(1, cfg.l + 1):
-            runner.run(forks(list(range(len(trees))), r, np.random.default_rng([cfg.seed, r])))
+            runner.run(forks(list(range(len(trees))), r))
         return
     done_rounds = [0] * len(trees)
 
@@ -139,7 +143,7 @@ def _run_trees(runner: PhaseRunner, trees: list[TurnTree], cfg: RolloutConfig) -
         while done_rounds[t] < cfg.l:  # a round without candidates opens nothing: go on to the next one
             done_rounds[t] += 1
             r = done_rounds[t]
-            new = forks([t], r, np.random.default_rng([cfg.seed, r, t]))
+            new = forks([t], r)
             if new:
                 return new
         return []

@@ -100,6 +100,10 @@ def test_per_tree_schedule_builds_the_same_trees_in_fewer_phases(tiny, scripted_
     assert per.metrics["phases"] < lock.metrics["phases"]
     assert any(len({n.info["round"] for t in per.trees for n in t.nodes[1:] if n.info.get("phase") == p}) > 1
                for p in range(int(per.metrics["phases"])))  # some phase mixes rounds of different trees
+    # random expansion (Tree-GRPO): picks come from a stream per (seed, round, tree), so the same holds
+    per_r = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, tree_cfg(tree_schedule="per_tree", expansion="random"))
+    lock_r = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, tree_cfg(expansion="random"))
+    assert signature(per_r.trees) == signature(lock_r.trees) != signature(per.trees)
 
 
 def test_random_expansion_groups_and_chain_mode(tiny, scripted_env):
