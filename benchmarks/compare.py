@@ -151,14 +151,14 @@ def build_shared(size_name: str, work: Path, world_seed: int = 0) -> dict[str, s
 
 
 WIKI_CONFIG = ROOT / "configs" / "tasks" / "wiki-smollm2.yaml"
-WIKI_BUDGET = 20_000  # generated tokens per wiki run (≈ 8 steps, ≈ 25 min on 2 idle cores)
+WIKI_BUDGET = 20_000  # generated tokens per wiki run (6 steps, ≈ 25 min on 2 idle cores)
 
 
 def build_shared_wiki() -> dict[str, str]:
     """The wiki table's warm start, at the paths of ``configs/tasks/wiki-smollm2.yaml``; each input is made by its
     command when missing (``make-wiki``, ``convert-smollm2``, ``wiki-demos``, ``sft``), as in the README."""
     from at2po.agent.wiki import make_wiki
-    from at2po.agent.wiki_expert import write_wiki_demonstrations
+    from at2po.agent.wiki_expert import qa_rows, write_wiki_demonstrations
     from at2po.config import load_config
     from at2po.models.smollm2 import convert_smollm2
     from at2po.train.components import build_env, load_tokenizer
@@ -170,9 +170,8 @@ def build_shared_wiki() -> dict[str, str]:
     convert_smollm2(cfg.model.path)  # a no-op when already converted
     if not Path(cfg.data.sft).is_file():
         env = build_env(cfg, load_tokenizer(cfg.model.path))
-        rows = [json.loads(line) for line in Path(cfg.data.train).read_text(encoding="utf-8").splitlines() if line.strip()]
         try:
-            write_wiki_demonstrations(rows, env, cfg.data.sft, seed=cfg.train.seed)
+            write_wiki_demonstrations(qa_rows(cfg.data.train), env, cfg.data.sft, seed=cfg.train.seed)
         finally:
             env.close()
     sft_dir = Path(cfg.sft.output_dir)
@@ -238,6 +237,11 @@ def run_one(spec_path: Path) -> None:
     (Path(cfg.train.output_dir) / "bench.json").write_text(json.dumps(out, indent=2))
 
 
+def size_name(args: argparse.Namespace) -> str:
+    """The scale a table runs at: ``--size``, except the wiki table, which has its own task config."""
+    return "wiki-smollm2" if args.table == "wiki" else args.size
+
+
 def run_grid(args: argparse.Namespace) -> list[dict[str, Any]]:
     wiki = args.table == "wiki"
     size = SIZES[args.size]
@@ -251,7 +255,7 @@ def run_grid(args: argparse.Namespace) -> list[dict[str, Any]]:
     for seed in args.seeds:
         for label, preset, extra in rows:
             slug = label.replace(" ", "_").replace("/", "-").replace("+", "p").replace("²", "2").replace("(", "").replace(")", "")
-            run_dir = work / f"{args.table}-{'wiki-smollm2' if wiki else args.size}-b{budget or 0}" / f"{slug}-s{seed}"
+            run_dir = work / f"{args.table}-{size_name(args)}-b{budget or 0}" / f"{slug}-s{seed}"
             bench = run_dir / "bench.json"
             if not bench.is_file():
                 if run_dir.exists():  # an interrupted run: start it again from scratch
@@ -267,7 +271,7 @@ def run_grid(args: argparse.Namespace) -> list[dict[str, Any]]:
                     overrides.append("data.test=null")
                 overrides += args.set
                 spec = {"table": args.table, "label": label, "preset": preset, "seed": seed,
-                        "size": "wiki-smollm2" if wiki else args.size, "config": shared.get("config"),
+                        "size": size_name(args), "config": shared.get("config"),
                         "budget": budget, "threads": args.threads, "overrides": overrides}
                 (run_dir / "spec.json").write_text(json.dumps(spec, indent=2))
                 print(f"[compare] {label} seed {seed} → {run_dir}", flush=True)
@@ -307,8 +311,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.report_only:
         runs = [json.loads(p.read_text()) | {"run_dir": str(p.parent)}
-                for p in sorted(Path(args.work_dir).glob(
-                    f"{args.table}-{'wiki-smollm2' if args.table == 'wiki' else args.size}-*/*/bench.json"))]
+                for p in sorted(Path(args.work_dir).glob(f"{args.table}-{size_name(args)}-*/*/bench.json"))]
     else:
         runs = run_grid(args)
     out = Path(args.out or ROOT / "benchmarks" / "results" / args.table)

@@ -19,11 +19,12 @@ demonstration never answers from knowledge it did not retrieve.
 
 from __future__ import annotations
 
-import json
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from at2po.agent.datasets import load_qa, write_jsonl
 from at2po.agent.expert import Demo, ScriptedExpert
 from at2po.agent.wiki_questions import _clean_title, appears_in
 
@@ -65,6 +66,13 @@ class WikiExpert(ScriptedExpert):
         return self._answer(demo, f"According to {title}, the answer is {gold}.", gold)
 
 
+def qa_rows(path: str | Path) -> list[dict[str, Any]]:
+    """QA rows of ``path`` as dicts for :meth:`WikiExpert.solve_row`, read with ``load_qa`` (JSONL or Parquet, bad
+    rows raise ``DatasetError`` naming file:line); extra fields such as ``evidence``/``bridge`` come from ``meta``."""
+    return [{**ex.meta, "id": ex.id, "question": ex.question, "golden_answers": ex.golden_answers,
+             "data_source": ex.data_source} for ex in load_qa(path)]
+
+
 def write_wiki_demonstrations(
     rows: list[dict[str, Any]], env: Any, out_path: str | Path, limit: int | None = None, seed: int = 0
 ) -> tuple[Path, dict[str, Any]]:
@@ -76,24 +84,19 @@ def write_wiki_demonstrations(
     rows = [rows[i] for i in random.Random(seed).sample(range(len(rows)), len(rows))]
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    written, tried, unsolved, searches = 0, 0, 0, 0
-    by_source: dict[str, int] = {}
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            if limit is not None and written >= limit:
-                break
-            tried += 1
-            demo = expert.solve_row(row)
-            if demo.prediction is None:
-                unsolved += 1
-                continue
-            f.write(json.dumps(demo.row(), ensure_ascii=False) + "\n")
-            written += 1
-            searches += len(demo.turns) - 1
-            src = str(row.get("data_source", ""))
-            by_source[src] = by_source.get(src, 0) + 1
-    tmp.replace(out)
-    stats = {"demos": written, "tried": tried, "unsolved": unsolved,
-             "searches_mean": round(searches / max(1, written), 3), "by_source": dict(sorted(by_source.items()))}
+    solved: list[tuple[dict[str, Any], Demo]] = []
+    tried = 0
+    for row in rows:
+        if limit is not None and len(solved) >= limit:
+            break
+        tried += 1
+        demo = expert.solve_row(row)
+        if demo.prediction is not None:
+            solved.append((row, demo))
+    tmp = write_jsonl(out.with_name(out.name + ".tmp"), [d.row() for _, d in solved])
+    tmp.replace(out)  # a killed run never leaves a half-written file at out
+    by_source = Counter(str(row.get("data_source", "")) for row, _ in solved)
+    stats = {"demos": len(solved), "tried": tried, "unsolved": tried - len(solved),
+             "searches_mean": round(sum(len(d.turns) - 1 for _, d in solved) / max(1, len(solved)), 3),
+             "by_source": dict(sorted(by_source.items()))}
     return out, stats

@@ -85,7 +85,7 @@ def wiki_demos(
     """Protocol demonstrations for the Wikipedia benchmark (data.train), made with the run's own env and tokenizer."""
     import json
 
-    from at2po.agent.wiki_expert import write_wiki_demonstrations
+    from at2po.agent.wiki_expert import qa_rows, write_wiki_demonstrations
     from at2po.config import ConfigError
     from at2po.train.components import MissingPathError, build_env, check_paths, load_tokenizer
 
@@ -99,11 +99,10 @@ def wiki_demos(
     except (ConfigError, MissingPathError) as exc:
         _fail(exc)
         return
-    from at2po.agent.datasets import DatasetError, load_qa
+    from at2po.agent.datasets import DatasetError
 
-    try:  # load_qa validates rows (file:line errors, JSONL or Parquet); evidence/bridge/... arrive in meta
-        rows = [{**ex.meta, "id": ex.id, "question": ex.question, "golden_answers": ex.golden_answers,
-                 "data_source": ex.data_source} for ex in load_qa(str(cfg.data.train))]
+    try:
+        rows = qa_rows(str(cfg.data.train))
         path, stats = write_wiki_demonstrations(rows, env, target, limit=limit, seed=cfg.train.seed)
     except DatasetError as exc:
         _fail(exc)

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import torch
+
 from at2po.rollout.sampling import derive_seed
 
 FinishReason = Literal["stop", "eos", "length"]
@@ -105,7 +107,5 @@ def sequence_seeds(n: int, params: SamplingParams, seeds: Sequence[int] | None, 
         if len(seeds) != n:
             raise ValueError(f"{who}.generate: {len(seeds)} seeds for {n} contexts")
         return [int(x) for x in seeds]
-    import torch
-
     base = params.seed if params.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)))
     return [derive_seed(base, i) for i in range(n)]

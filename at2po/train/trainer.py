@@ -206,7 +206,7 @@ def train(
             # --- 7. log, guard, eval, checkpoint ----------------------------------------------------------------
             metrics = _reduce_metrics(acc, metrics)
             gen_total += float(metrics.get("rollout/generated_tokens") or 0.0) * world  # reduced = mean per process
-            budget_hit = cfg.train.max_generated_tokens is not None and gen_total >= cfg.train.max_generated_tokens
+            budget_hit = budget is not None and gen_total >= budget
             final = step == cfg.train.steps or budget_hit
             log.log(step, metrics)
             log.print(log.summary_line(step, cfg.train.steps, metrics))
