@@ -19,6 +19,7 @@ import json
 import math
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -91,6 +92,21 @@ def build_policy(out: Path, world, steps: int, seed: int, device: str, window: i
         tok.save_pretrained(pol)
     tok = AutoTokenizer.from_pretrained(pol)
     return AutoModelForCausalLM.from_pretrained(pol).to(device).eval(), tok
+
+
+def pick_rows(rows: list[dict], n: int) -> list[dict]:
+    """``n`` test rows with the test set's hop mix (largest remainder over the ``hops`` groups, first rows of each
+    group, interleaved). The test file is grouped by hops, so its first rows are all 1-hop questions: two-turn
+    trajectories on which a tree can save almost nothing (a fork re-samples the forked turn)."""
+    from at2po.agent.world import _quotas
+
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(r.get("hops"), []).append(r)
+    keys = sorted(groups, key=str)
+    quota = _quotas(n, tuple(len(groups[k]) for k in keys))
+    picked = [groups[k][:q] for k, q in zip(keys, quota)]
+    return [r for i in range(max(quota, default=0)) for g in picked if i < len(g) for r in [g[i]]]
 
 
 def timed_rollout(engine, env, examples, cfg):
@@ -205,7 +221,7 @@ def main() -> None:
         env_cfg = EnvConfig()
     print(f"world + policy ready in {time.perf_counter() - t0:.0f}s ({sum(p.numel() for p in model.parameters())/1e6:.2f}M params)")
     env = SearchEnv(tok, BM25Retriever.load(world.index), env_cfg)
-    rows = [json.loads(line) for line in open(world.test, encoding="utf-8")][: args.prompts]
+    rows = pick_rows([json.loads(line) for line in open(world.test, encoding="utf-8")], args.prompts)
     examples = [QAExample(r["question"], r["golden_answers"], id=r["id"]) for r in rows]
     leaves = args.m + args.l * args.k
     base = dict(max_turn_tokens=args.max_turn_tokens, max_response_tokens=2048, seed=args.seed, max_concurrent_sequences=256)
@@ -215,10 +231,13 @@ def main() -> None:
     timed_rollout(eng, env, examples[:2], RolloutConfig(mode="chain", n=2, **base))  # warm-up
     # CPU timings on a shared machine are noisy: run the three configurations interleaved, keep the fastest wall
     runs: dict = {}
+    cont = {"batching": "continuous"}
     for _ in range(args.reps):
         for name, engine, cfg in (
             ("tree", eng, tree_cfg),
             ("chain", eng, chain_cfg),
+            ("tree_cont", eng, tree_cfg.model_copy(update=cont)),
+            ("chain_cont", eng, chain_cfg.model_copy(update=cont)),
             ("tree_no_reuse", HFEngine(model, tok, prefix_cache=False, max_batch_sequences=256), tree_cfg),
             ("tree_per_tree", eng, tree_cfg.model_copy(update={"tree_schedule": "per_tree"})),
         ):
@@ -226,8 +245,9 @@ def main() -> None:
             if name not in runs or res.metrics["wall_s"] < runs[name].metrics["wall_s"]:
                 runs[name] = res
     keys = ["leaves", "generated_tokens", "prefill_tokens", "cached_tokens", "tool_calls", "invalid_turns", "turns_mean",
-            "response_tokens_mean", "reward_mean", "env/em", "phases", "gen_s", "tool_s", "wall_s"]
-    print(f"\n{args.prompts} prompts, tree M={args.m} L={args.l} K={args.k} ({leaves} leaves) vs {leaves} chains, device={args.device}")
+            "response_tokens_mean", "reward_mean", "env/em", "phases", "decode_steps", "gen_s", "tool_s", "wall_s"]
+    hops = Counter(r.get("hops") for r in rows)
+    print(f"\n{args.prompts} prompts (hops: {dict(sorted(hops.items(), key=str))}), tree M={args.m} L={args.l} K={args.k} ({leaves} leaves) vs {leaves} chains, device={args.device}")
     print(f"{'metric':>22} " + " ".join(f"{k:>14}" for k in runs))
     for key in keys:
         print(f"{key:>22} " + " ".join(f"{runs[k].metrics.get(key, float('nan')):14.2f}" for k in runs))
@@ -235,6 +255,9 @@ def main() -> None:
     print(f"tree with and without prefix reuse sample identical trees: {same}")
     lock_same = [[n.gen_ids for n in t.nodes] for t in runs["tree"].trees] == [[n.gen_ids for n in t.nodes] for t in runs["tree_per_tree"].trees]
     print(f"per-tree and lockstep schedules sample identical trees: {lock_same}")
+    canon = lambda res: [sorted((n.info["seed"], tuple(n.gen_ids)) for n in t.nodes[1:]) for t in res.trees]  # noqa: E731
+    print(f"continuous and phase batching sample identical trees (up to node order): "
+          f"{canon(runs['tree']) == canon(runs['tree_cont'])} (chains: {canon(runs['chain']) == canon(runs['chain_cont'])})")
     prompts = [env.prompt_ids(ex) for ex in examples]
     small_b, big_b = len(examples) * 2, len(examples) * leaves
     ms_small, ms_big = decode_step_ms(model, tok, prompts, small_b), decode_step_ms(model, tok, prompts, big_b)
@@ -266,6 +289,10 @@ def main() -> None:
     print(f"ratio.tree_over_chain_wall={t['wall_s'] / c['wall_s']:.3f}")
     print(f"ratio.prefill_reuse_over_none={t['prefill_tokens'] / nr['prefill_tokens']:.3f}")
     print(f"ratio.engine_over_generate_throughput={eng_tps / gen_tps:.3f}")
+    tc, cc = runs["tree_cont"].metrics, runs["chain_cont"].metrics
+    print(f"info.tree_over_chain_wall_continuous={tc['wall_s'] / cc['wall_s']:.3f}  # both with batching=continuous")
+    print(f"info.continuous_over_phase_wall_tree={tc['wall_s'] / t['wall_s']:.3f}")
+    print(f"info.continuous_over_phase_wall_chain={cc['wall_s'] / c['wall_s']:.3f}")
     print(f"info.per_tree_over_lockstep_wall={runs['tree_per_tree'].metrics['wall_s'] / t['wall_s']:.3f}")
     print(f"info.decode_step_cost_growth={ms_big / ms_small:.3f}  # step cost at batch {big_b} / at batch {small_b}")
 

@@ -86,6 +86,7 @@ def select_nodes_forest(
     rng: np.random.Generator | int | None = None,
     *,
     allow_leaves: bool = False,
+    keys: np.ndarray | None = None,
 ) -> np.ndarray:
     """:func:`select_nodes` for every tree of a forest at once (``stack_trees`` layout).
 
@@ -93,6 +94,10 @@ def select_nodes_forest(
     a tree with no candidate gets -1. One sort over the whole forest, no loop over trees. In ``random`` mode
     each tree's candidates are randomly permuted (sampling without replacement) and the permutation repeats
     when a tree has fewer than K candidates.
+
+    ``keys`` [N]: optional per-node uniforms in [0, 1) that make the pick independent of node order (the driver
+    derives them from each turn's random stream): ``random`` mode ranks by them instead of drawing from ``rng``,
+    ``entropy`` mode breaks exact score ties with them (before the index).
     """
     if mode not in EXPANSION_MODES:
         raise ValueError(f"expansion mode must be one of {EXPANSION_MODES}, got {mode!r}")
@@ -100,15 +105,20 @@ def select_nodes_forest(
     tidx = forest_tree_index(parent)
     n_trees = int(tidx[-1]) + 1
     cand_mask = _candidates(parent, is_leaf, allow_leaves)
+    if keys is not None:
+        keys = np.asarray(keys, dtype=np.float64)
+        if keys.shape != parent.shape:
+            raise ValueError(f"keys has shape {keys.shape}, parent has {parent.shape}")
+    tie = keys if keys is not None else np.zeros(parent.size)
     if mode == "entropy":
         key = -expansion_scores(parent, entropy, alpha)
-    else:
-        key = _rng(rng).random(parent.size)  # a random permutation within each tree
+    else:  # a random permutation within each tree
+        key, tie = (keys, tie) if keys is not None else (_rng(rng).random(parent.size), tie)
     cand = np.flatnonzero(cand_mask)
     out = np.full((n_trees, k), -1, dtype=np.int64)
     if cand.size == 0 or k == 0:
         return out
-    order = cand[np.lexsort((cand, key[cand], tidx[cand]))]  # by tree, then score, then index
+    order = cand[np.lexsort((cand, tie[cand], key[cand], tidx[cand]))]  # by tree, score, tie key, index
     t = tidx[order]
     n_per = np.bincount(t, minlength=n_trees)
     start = np.concatenate([[0], np.cumsum(n_per)[:-1]])

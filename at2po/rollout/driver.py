@@ -26,14 +26,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from at2po.agent.env import AgentEnv, QAExample
 from at2po.core.expansion import select_nodes_forest
 from at2po.core.tree import TurnTree, stack_trees
 from at2po.rollout.vllm_engine import VLLMConfig
+from at2po.rollout.continuous import ContinuousRunner
 from at2po.rollout.engine import Engine
-from at2po.rollout.phase import Branch, PhaseRunner
+from at2po.rollout.phase import Branch, PhaseRunner, tree_seed, turn_seed
+from at2po.rollout.sampling import uniforms
 
 
 class RolloutConfig(BaseModel):
@@ -53,6 +56,10 @@ class RolloutConfig(BaseModel):
     # per_tree: a tree starts its next round as soon as its own branches have ended (never more phases; pays off
     # when a phase's fixed cost — e.g. a slow retrieval server — dominates). Both build the same trees.
     tree_schedule: Literal["lockstep", "per_tree"] = "lockstep"
+    # phase: every open branch samples its next turn in one engine call, tools run between calls (each phase lasts
+    # as long as its longest turn); continuous: the engine's running batch takes each next turn as soon as its tool
+    # returns (``engine.run``; HFEngine decodes step-wise, other engines fall back to waves). Same trees either way.
+    batching: Literal["phase", "continuous"] = "phase"
     max_turn_tokens: int = Field(512, ge=1)
     max_response_tokens: int = Field(6192, ge=1, description="generated + observation tokens after the prompt")
     temperature: float = Field(1.0, ge=0.0)
@@ -85,9 +92,10 @@ def rollout(engine: Engine, env: AgentEnv, examples: list[QAExample], cfg: Rollo
         if not prompt:
             raise ValueError(f"rollout: env.prompt_ids returned no tokens for example {i} ({ex.id or ex.question[:40]!r})")
         trees.append(TurnTree(prompt_ids=prompt, meta={"example": ex, "mode": cfg.mode, "expansion": cfg.expansion}))
-    runner = PhaseRunner(engine, env, trees, cfg)
+    runner = (ContinuousRunner if cfg.batching == "continuous" else PhaseRunner)(engine, env, trees, cfg)
     if cfg.mode == "chain":
-        runner.run([Branch(t, 0, [], "", 0, tree.prompt_ids) for t, tree in enumerate(trees) for _ in range(cfg.n)])
+        runner.run([Branch(t, 0, [], "", 0, tree.prompt_ids, turn_seed(tree_seed(cfg.seed, t), 0, 0, j))
+                    for t, tree in enumerate(trees) for j in range(cfg.n)])
     else:
         _run_trees(runner, trees, cfg)
     runner.score_leaves()
@@ -102,35 +110,39 @@ def _run_trees(runner: PhaseRunner, trees: list[TurnTree], cfg: RolloutConfig) -
 
     def forks(ts: list[int], r: int) -> list[Branch]:
         """Round ``r``: select K nodes in each tree of ``ts`` (one vectorised call) and open a branch at each.
-        Random picks draw from a stream per (seed, round, tree), so they do not depend on the schedule either."""
-        if cfg.expansion == "random" and len(ts) > 1:
-            return [b for t in ts for b in forks([t], r)]
-        rng = np.random.default_rng([cfg.seed, r, ts[0]]) if cfg.expansion == "random" else None
+        Random picks and exact-tie breaks use a uniform per (node stream, round), so they depend neither on the
+        schedule nor on the order nodes were added (continuous batching)."""
         arrays, _, offsets = stack_trees([trees[t] for t in ts])
+        streams = [tree_seed(cfg.seed, t) if n == 0 else node.info["seed"] for t in ts for n, node in enumerate(trees[t].nodes)]
+        keys = uniforms(torch.tensor(streams, dtype=torch.int64), r).numpy()  # [N]
         picks = select_nodes_forest(
-            arrays.parent, arrays.entropy, arrays.is_leaf, cfg.k, cfg.alpha, cfg.expansion,
-            rng=rng, allow_leaves=cfg.expand_leaves,
+            arrays.parent, _same_turn_same_entropy([trees[t] for t in ts], arrays.entropy, offsets), arrays.is_leaf, cfg.k,
+            cfg.alpha, cfg.expansion, allow_leaves=cfg.expand_leaves, keys=keys,
         )  # [len(ts), K] node indices into the stacked forest
         out: list[Branch] = []
         for row, t in enumerate(ts):
             tree = trees[t]
+            picked: dict[int, int] = {}  # forks of each node so far in this round (a node may be picked twice)
             for g in picks[row]:
                 if g < 0:
                     continue
                 n = int(g - offsets[row])
+                j = picked[n] = picked.get(n, -1) + 1
                 if n == 0:  # the root: a new independent chain
                     group = next_group[t] if random_groups else 0
                     next_group[t] += random_groups
-                    out.append(Branch(t, 0, [], "", group, tree.prompt_ids, forked_from=0, round=r))
+                    seed = turn_seed(tree_seed(cfg.seed, t), 1, r, j)
+                    out.append(Branch(t, 0, [], "", group, tree.prompt_ids, seed, forked_from=0, round=r))
                 else:
                     node = tree.nodes[n]
                     out.append(Branch(t, node.parent, node.obs_ids, node.obs_text, node.group, tree.context_ids(n),
-                                      forked_from=n, round=r))
+                                      turn_seed(node.info["seed"], 1, r, j), forked_from=n, round=r))
                     node.info["forks"] = node.info.get("forks", 0) + 1
         return out
 
     initial = [
-        Branch(t, 0, [], "", j if random_groups else 0, tree.prompt_ids) for t, tree in enumerate(trees) for j in range(cfg.m)
+        Branch(t, 0, [], "", j if random_groups else 0, tree.prompt_ids, turn_seed(tree_seed(cfg.seed, t), 0, 0, j))
+        for t, tree in enumerate(trees) for j in range(cfg.m)
     ]
     if cfg.tree_schedule == "lockstep":
         runner.run(initial)
@@ -149,6 +161,24 @@ def _run_trees(runner: PhaseRunner, trees: list[TurnTree], cfg: RolloutConfig) -
         return []
 
     runner.run(initial, on_idle)
+
+
+def _same_turn_same_entropy(trees: list[TurnTree], entropy: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``entropy`` [N] (stacked forest) with turns of identical full context (same prompt, earlier turns,
+    observations and sampled tokens; e.g. two chains that opened alike) given the same H (their min).
+
+    In exact arithmetic such turns have identical H(n); the engine's log-probs differ by float noise (~1e-7) with
+    the batch layout, which would let the layout, not the tie-break key, decide between them. Different turns keep
+    their own estimates."""
+    out = np.asarray(entropy, dtype=np.float64).copy()
+    for tree, off in zip(trees, offsets):
+        groups: dict[tuple, list[int]] = {}
+        for i in range(1, len(tree.nodes)):
+            groups.setdefault(tuple(tree.context_ids(i, include_gen=True)), []).append(off + i)
+        for idx in groups.values():
+            if len(idx) > 1:
+                out[idx] = out[idx].min()
+    return out
 
 
 def _metrics(trees: list[TurnTree], runner: PhaseRunner, engine: Engine, s0: dict[str, Any], wall: float) -> dict[str, float]:
@@ -177,8 +207,9 @@ def _metrics(trees: list[TurnTree], runner: PhaseRunner, engine: Engine, s0: dic
         "truncated_frac": float(np.mean([e == "truncated" for e in ends])) if ends else 0.0,
         "phases": float(len(runner.phases)),
         "wall_s": wall,
-        "gen_s": float(sum(p["gen_s"] for p in runner.phases)),
-        "tool_s": float(sum(p["tool_s"] for p in runner.phases)),
+        "decode_steps": float(s1["decode_steps"] - s0["decode_steps"]),
+        "gen_s": runner.gen_s,
+        "tool_s": runner.tool_s,
     }
     metric_names = sorted({k for tree, i in leaves for k in tree.nodes[i].info.get("metrics", {})})
     for k in metric_names:

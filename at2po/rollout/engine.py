@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -39,12 +39,35 @@ class Generation:
 
 
 @dataclass
+class Request:
+    """One sequence for :meth:`Engine.run`: a context, its random stream and its own token budget."""
+
+    context: list[int]
+    seed: int
+    max_new_tokens: int
+    tag: Any = None  # the caller's handle, passed back with the generation
+
+
+class Scheduler(Protocol):
+    """The caller's side of continuous batching (:meth:`Engine.run`)."""
+
+    def next_requests(self) -> list[Request]:
+        """New sequences to start now (polled between decode steps); [] when nothing is waiting."""
+        ...
+
+    def finished(self, done: list[tuple[Request, Generation]]) -> None:
+        """The sequences that ended at this decode step, in a deterministic order."""
+        ...
+
+
+@dataclass
 class EngineStats:
     generated_tokens: int = 0
     prefill_tokens: int = 0  # context tokens whose key/values were computed
     cached_tokens: int = 0  # context tokens served from a prefix cache instead
     sequences: int = 0
     calls: int = 0
+    decode_steps: int = 0  # batched forward passes that sampled one token per live sequence
     wall_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -83,6 +106,19 @@ class Engine(ABC):
         """Sample one continuation per context (contexts may differ in length). ``seeds``: one random stream per
         context (default: derived from ``params.seed`` and the context's index, see :func:`sequence_seeds`)."""
 
+    def run(self, scheduler: Scheduler, params: SamplingParams) -> None:
+        """Continuous batching: sample every request ``scheduler`` hands out, with ``params``' sampling settings
+        (temperature, top-k/p, stops) and each request's own seed and ``max_new_tokens``, until it has nothing left.
+
+        This default runs in waves: one :meth:`generate` call on everything waiting, then ``finished`` on all of
+        it. Engines with a step-wise decode loop (``HFEngine``) override it to start a request as soon as it
+        arrives and to report each sequence at the step it ends, so nobody waits for the longest sequence."""
+        while reqs := scheduler.next_requests():
+            wave = replace(params, max_new_tokens=max(r.max_new_tokens for r in reqs))
+            gens = self.generate([r.context for r in reqs], wave, [r.seed for r in reqs])
+            # sampling is causal: a generation cut to a shorter budget is what that budget would have produced
+            scheduler.finished([(r, cut(g, r.max_new_tokens)) for r, g in zip(reqs, gens)])
+
     @abstractmethod
     def stats(self) -> EngineStats:
         """Counters accumulated since the last :meth:`reset_stats`."""
@@ -98,6 +134,13 @@ class Engine(ABC):
 
     def clear_cache(self) -> None:
         """Drop any prefix/KV cache (called after a weight update so rollouts stay on-policy)."""
+
+
+def cut(g: Generation, max_new_tokens: int) -> Generation:
+    """``g`` limited to ``max_new_tokens`` tokens (finish reason "length" when that removes tokens)."""
+    if len(g.token_ids) <= max_new_tokens:
+        return g
+    return Generation(g.token_ids[:max_new_tokens], g.logprobs[:max_new_tokens], "length")
 
 
 def sequence_seeds(n: int, params: SamplingParams, seeds: Sequence[int] | None, who: str) -> list[int]:

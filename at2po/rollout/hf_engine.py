@@ -1,24 +1,30 @@
-"""The Hugging Face transformers engine: a hand-written batched decode loop with prefix reuse.
+"""The Hugging Face transformers engine: a hand-written batched decode loop with prefix reuse and continuous
+batching.
 
-One :meth:`HFEngine.generate` call samples a continuation for every context, in chunks bounded by
-``max_batch_sequences`` and ``max_batch_tokens`` (memory stays bounded). Per chunk:
+One decode loop serves both :meth:`HFEngine.generate` (all contexts up front) and :meth:`HFEngine.run` (requests
+arrive from a scheduler while others decode). The running batch is bounded by ``max_batch_sequences`` and
+``max_batch_tokens`` (memory stays bounded); waiting requests join it between decode steps:
 
-1. prefix lookup: each context takes the key/values of its longest common prefix with a finished sequence in the
-   :class:`~at2po.rollout.prefix_cache.PrefixCache` and only its suffix is prefilled;
+1. prefix lookup: each new context takes the key/values of its longest common prefix with a finished sequence in
+   the :class:`~at2po.rollout.prefix_cache.PrefixCache` and only its suffix is prefilled;
 2. prefill: cached key/values are right-aligned in a block of width P = max cached length, the suffixes are
    left-padded in a block of width S = max suffix length after it. Gaps are masked by the 2-D attention mask and
-   every real token gets its true position id, so RoPE sees the same positions as an unpadded forward;
-3. decode: one token per live row per step, sampled with per-sequence counter-based streams (``sampling.py``);
+   every real token gets its true position id, so RoPE sees the same positions as an unpadded forward. The block
+   is stacked under the running batch, the narrower of the two left-padded (masked) to the common width;
+3. decode: one token per live row per step, sampled with per-sequence counter-based streams (``sampling.py``,
+   stream position = the row's own token count, so a sequence's draws do not depend on when it joined);
    rows stop on stop token ids, on stop strings (checked on the decoded tail, so a stop string may straddle
-   tokens), on ``max_new_tokens`` or on the model length. Finished rows leave the batch (their key/values go to the
-   prefix cache) so later steps only compute live rows.
+   tokens), on their ``max_new_tokens`` or on the model length. Finished rows leave the batch at once (their
+   key/values go to the prefix cache) and are handed back, so later steps only compute live rows.
 """
 
 from __future__ import annotations
 
 import inspect
 import time
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +37,15 @@ from at2po.rollout.engine import (
     EngineStats,
     FinishReason,
     Generation,
+    Request,
     SamplingParams,
+    Scheduler,
     sequence_seeds,
     validate_contexts,
 )
 from at2po.rollout.prefix_cache import KVEntry, PrefixCache
 from at2po.rollout.sampling import sample
+from at2po.rollout.slab_cache import SlabCache
 
 
 class HFEngine(Engine):
@@ -113,37 +122,112 @@ class HFEngine(Engine):
         t0 = time.perf_counter()
         ctxs = validate_contexts(contexts, self.max_model_len, self.vocab_size, "HFEngine")
         seeds = sequence_seeds(len(ctxs), params, seeds, "HFEngine")
-        out: list[Generation | None] = [None] * len(ctxs)
-        was_training = self.model.training  # the trainer may share this model: no dropout, keep the KV cache on
-        self.model.eval()
-        try:
-            for chunk in self._chunks(ctxs, params.max_new_tokens):
-                gens = self._generate_chunk([ctxs[i] for i in chunk], [seeds[i] for i in chunk], params)
-                for i, g in zip(chunk, gens):
-                    out[i] = g
-        finally:
-            self.model.train(was_training)
+        batch = _AllAtOnce([Request(c, s, params.max_new_tokens, i) for i, (c, s) in enumerate(zip(ctxs, seeds))])
+        self._decode_loop(batch, params)
         self._stats.calls += 1
         self._stats.sequences += len(ctxs)
         self._stats.wall_s += time.perf_counter() - t0
-        return out  # type: ignore[return-value]
+        return batch.out  # type: ignore[return-value]
+
+    def run(self, scheduler: Scheduler, params: SamplingParams) -> None:
+        """Continuous batching (see :meth:`Engine.run`): requests join the running batch between decode steps
+        (their prefix looked up in the prefix cache, their suffix prefilled, their key/values left-padded into the
+        batch's), and each sequence is handed back at the step it ends."""
+        t0 = time.perf_counter()
+        n = self._decode_loop(scheduler, params)
+        self._stats.calls += 1
+        self._stats.sequences += n
+        self._stats.wall_s += time.perf_counter() - t0
 
     # --- internals ----------------------------------------------------------------------------------
-    def _chunks(self, ctxs: list[list[int]], max_new: int) -> list[list[int]]:
-        chunks: list[list[int]] = [[]]
-        budget = 0
-        for i, c in enumerate(ctxs):
-            need = len(c) + max_new
-            if chunks[-1] and (len(chunks[-1]) >= self.max_batch_sequences or budget + need > self.max_batch_tokens):
-                chunks.append([])
-                budget = 0
-            chunks[-1].append(i)
-            budget += need
-        return chunks
+    def _decode_loop(self, scheduler: Scheduler, params: SamplingParams) -> int:
+        """Admit → sample → retire → decode, until the scheduler has nothing left. Returns the sequences run."""
+        was_training = self.model.training  # the trainer may share this model: no dropout, keep the KV cache on
+        self.model.eval()
+        stop_ids = set(params.stop_token_ids) | set(self.eos_ids)
+        stops = tuple(params.stop)
+        window = max((len(s.encode()) for s in stops), default=0) + 1  # tokens covering any stop string
+        waiting: deque[Request] = deque()
+        live: _Live | None = None
+        n_seq = 0
+        try:
+            with torch.inference_mode():
+                while True:
+                    new = scheduler.next_requests()
+                    if new:
+                        self._check(new)
+                        waiting.extend(new)
+                        n_seq += len(new)
+                    admit = self._admit(live, waiting) if waiting else []
+                    if admit:
+                        block = self._prefill(admit)
+                        live = _start(block) if live is None else _merge(live, block)
+                    if live is None:
+                        return n_seq
+                    # sample one token per live row; a row's stream position is its own token count
+                    steps = torch.tensor([len(g) for g in live.gen], dtype=torch.int64)  # [B]
+                    tok, lp = sample(live.logits, live.seeds, steps, params.temperature, params.top_k, params.top_p)
+                    self._stats.decode_steps += 1
+                    tok_l, lp_l = tok.tolist(), lp.tolist()
+                    tails = [g[-(window - 1):] + [t] for g, t in zip(live.gen, tok_l)] if stops else []
+                    texts = self.tokenizer.batch_decode(tails) if stops else []
+                    done: list[tuple[int, Generation]] = []
+                    for r, req in enumerate(live.reqs):
+                        t, g = tok_l[r], live.gen[r]
+                        g.append(t)
+                        live.lps[r].append(lp_l[r])
+                        reason: FinishReason | None = None
+                        stop_str = None
+                        if t in stop_ids:
+                            reason = "eos"
+                        elif stops:
+                            stop_str = next((s for s in stops if s in texts[r]), None)
+                            reason = "stop" if stop_str is not None else None
+                        if reason is None and (len(g) >= req.max_new_tokens or len(req.context) + len(g) >= self.max_model_len):
+                            reason = "length"
+                        if reason is not None:
+                            done.append((r, Generation(g, live.lps[r], reason, stop_str)))
+                    live.tok = tok
+                    if done:
+                        self._retire(live, [r for r, _ in done])
+                        self._stats.generated_tokens += sum(len(g.token_ids) for _, g in done)
+                        finished = [(live.reqs[r], g) for r, g in done]
+                        live = _drop(live, {r for r, _ in done})
+                        scheduler.finished(finished)
+                    if live is not None:  # feed the sampled tokens: logits for the next step
+                        live.mask = torch.cat([live.mask, live.mask.new_ones((len(live.reqs), 1))], dim=1)  # [B, W+1]
+                        live.logits = self.model(
+                            input_ids=live.tok[:, None], attention_mask=live.mask, position_ids=live.next_pos[:, None],
+                            **{self._cache_kw: live.cache}, use_cache=True,
+                        ).logits[:, -1]  # [B, V]
+                        live.next_pos = live.next_pos + 1
+        finally:
+            self.model.train(was_training)
 
-    @torch.inference_mode()
-    def _generate_chunk(self, ctxs: list[list[int]], seeds: list[int], params: SamplingParams) -> list[Generation]:
-        dev, B = self.device, len(ctxs)
+    def _check(self, reqs: list[Request]) -> None:
+        validate_contexts([r.context for r in reqs], self.max_model_len, self.vocab_size, "HFEngine")
+        for r in reqs:
+            if r.max_new_tokens < 1:
+                raise ValueError(f"HFEngine: request {r.tag!r} has max_new_tokens={r.max_new_tokens} (must be ≥ 1)")
+
+    def _admit(self, live: "_Live | None", waiting: "deque[Request]") -> list[Request]:
+        """Take waiting requests while the batch stays within ``max_batch_sequences`` sequences and
+        ``max_batch_tokens`` Σ (context + max_new_tokens); an empty batch always takes one."""
+        n = len(live.reqs) if live is not None else 0
+        used = sum(len(r.context) + r.max_new_tokens for r in live.reqs) if live is not None else 0
+        out: list[Request] = []
+        while waiting and n + len(out) < self.max_batch_sequences:
+            need = len(waiting[0].context) + waiting[0].max_new_tokens
+            if (out or n) and used + need > self.max_batch_tokens:
+                break
+            out.append(waiting.popleft())
+            used += need
+        return out
+
+    def _prefill(self, reqs: list[Request]) -> "_Live":
+        """Prefix lookup + one forward over the suffixes: a batch block whose logits give each first token."""
+        dev, B = self.device, len(reqs)
+        ctxs = [list(r.context) for r in reqs]
         arrays = [np.asarray(c, dtype=np.int64) for c in ctxs]
         # 1. prefix lookup (keep ≥ 1 suffix token: its logits give the first sampled token)
         hits = [self.cache.lookup(a, len(a) - 1) if self.cache is not None else (0, None) for a in arrays]
@@ -154,7 +238,7 @@ class HFEngine(Engine):
         self._stats.prefill_tokens += sum(len(s) for s in suffixes)
         self._stats.cached_tokens += sum(plen)
 
-        # 2. prefill layout: [cached block | suffix block], each right-aligned
+        # 2. layout: [cached block | suffix block], each right-aligned
         ids = torch.full((B, S), self.pad_id, dtype=torch.long)  # [B, S]
         pos = torch.zeros((B, S), dtype=torch.long)  # [B, S]
         mask = torch.zeros((B, P + S), dtype=torch.long)  # [B, P+S]
@@ -178,81 +262,96 @@ class HFEngine(Engine):
         logits = self.model(
             input_ids=ids, attention_mask=mask, position_ids=pos, **{self._cache_kw: cache}, use_cache=True, logits_to_keep=1
         ).logits[:, -1]  # [B, V]
-        next_pos = pos[:, -1] + 1  # [B]
+        return _Live(
+            reqs=list(reqs), gen=[[] for _ in reqs], lps=[[] for _ in reqs], cache=cache, mask=mask,
+            next_pos=pos[:, -1] + 1, seeds=torch.tensor([r.seed for r in reqs], dtype=torch.int64), logits=logits,
+        )
 
-        # 3. decode
-        stop_ids = set(params.stop_token_ids) | set(self.eos_ids)
-        stops = tuple(params.stop)
-        window = max((len(s.encode()) for s in stops), default=0) + 1  # tokens covering any stop string
-        gen: list[list[int]] = [[] for _ in range(B)]
-        lps: list[list[float]] = [[] for _ in range(B)]
-        result: list[Generation | None] = [None] * B
-        rows = list(range(B))  # batch row → sequence index
-        row_seeds = torch.tensor(seeds, dtype=torch.int64)  # [B]
-        step = 0
-        while True:
-            tok, lp = sample(logits, row_seeds, step, params.temperature, params.top_k, params.top_p)
-            tok_l, lp_l = tok.tolist(), lp.tolist()
-            done_rows: list[int] = []
-            tails = [gen[i][-(window - 1):] + [t] for i, t in zip(rows, tok_l)] if stops else []
-            texts = self.tokenizer.batch_decode(tails) if stops else []
-            for r, i in enumerate(rows):
-                t = tok_l[r]
-                gen[i].append(t)
-                lps[i].append(lp_l[r])
-                reason: FinishReason | None = None
-                stop_str = None
-                if t in stop_ids:
-                    reason = "eos"
-                elif stops:
-                    stop_str = next((s for s in stops if s in texts[r]), None)
-                    reason = "stop" if stop_str is not None else None
-                if reason is None and (
-                    len(gen[i]) >= params.max_new_tokens or len(ctxs[i]) + len(gen[i]) >= self.max_model_len
-                ):
-                    reason = "length"
-                if reason is not None:
-                    result[i] = Generation(gen[i], lps[i], reason, stop_str)
-                    done_rows.append(r)
-            step += 1
-            if done_rows:
-                self._retire(cache, mask, rows, done_rows, ctxs, gen)
-                keep = [r for r in range(len(rows)) if r not in set(done_rows)]
-                if not keep:
-                    break
-                sel = torch.tensor(keep, device=dev)
-                mask = mask.index_select(0, sel)
-                # drop leading columns no live row attends to (left padding of retired long rows)
-                first = int(mask.any(0).long().argmax())
-                for lay in cache.layers:
-                    lay.keys = lay.keys.index_select(0, sel)[:, :, first:]
-                    lay.values = lay.values.index_select(0, sel)[:, :, first:]
-                mask = mask[:, first:]
-                tok, next_pos = tok.index_select(0, sel), next_pos.index_select(0, sel)
-                row_seeds = row_seeds[torch.tensor(keep)]
-                rows = [rows[r] for r in keep]
-            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)  # [B', T+1]
-            logits = self.model(
-                input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                **{self._cache_kw: cache}, use_cache=True,
-            ).logits[:, -1]
-            next_pos = next_pos + 1
-        self._stats.generated_tokens += sum(len(g) for g in gen)
-        return result  # type: ignore[return-value]
-
-    def _retire(
-        self, cache: DynamicCache, mask: torch.Tensor, rows: list[int], done_rows: list[int],
-        ctxs: list[list[int]], gen: list[list[int]],
-    ) -> None:
+    def _retire(self, live: "_Live", rows: list[int]) -> None:
         """Move the key/values of finished rows into the prefix cache (context + generated tokens but the last)."""
         if self.cache is None:
             return
-        for r in done_rows:
-            i = rows[r]
-            valid = mask[r].bool()  # [T]
-            tokens = np.asarray(ctxs[i] + gen[i][:-1], dtype=np.int64)
-            keys = [lay.keys[r][:, valid] for lay in cache.layers]  # per layer [H_kv, n, D]
+        for r in rows:
+            valid = live.mask[r].bool()  # [W]
+            tokens = np.asarray(list(live.reqs[r].context) + live.gen[r][:-1], dtype=np.int64)
+            keys = [lay.keys[r][:, valid] for lay in live.cache.layers]  # per layer [H_kv, n, D]
             if keys[0].shape[1] != len(tokens):  # a layout bug would silently poison later rollouts
                 raise RuntimeError(f"HFEngine: cached {keys[0].shape[1]} key/values for {len(tokens)} tokens")
-            values = [lay.values[r][:, valid] for lay in cache.layers]
+            values = [lay.values[r][:, valid] for lay in live.cache.layers]
             self.cache.insert(KVEntry(tokens, keys, values))
+
+
+@dataclass
+class _Live:
+    """The running batch, one row per live sequence."""
+
+    reqs: list[Request]
+    gen: list[list[int]]  # sampled ids per row
+    lps: list[list[float]]
+    cache: DynamicCache | SlabCache  # per layer [B, H_kv, W, D]; a SlabCache once running
+    mask: torch.Tensor  # [B, W]: which cache columns each row attends to
+    next_pos: torch.Tensor  # [B]: position id of the next fed token
+    seeds: torch.Tensor  # [B] int64
+    logits: torch.Tensor  # [B, V]: logits for the next sample
+    tok: torch.Tensor | None = None  # [B]: the last sampled tokens (fed at the next forward)
+
+
+def _room(live: _Live) -> int:
+    """Columns the batch may still append: the largest remaining token budget of a row."""
+    return max(r.max_new_tokens - len(g) for r, g in zip(live.reqs, live.gen)) + 1
+
+
+def _start(block: _Live) -> _Live:
+    """The first block becomes the running batch: its key/values move into preallocated buffers."""
+    block.cache = SlabCache(block.cache, rows_cap=len(block.reqs), right=_room(block))
+    return block
+
+
+def _merge(a: _Live, b: _Live) -> _Live:
+    """Stack block ``b`` under batch ``a`` (``SlabCache.append_rows``); the narrower masks are left-padded."""
+    grew = a.cache.append_rows(b.cache, right=max(_room(a), _room(b)))
+    W = a.cache.width
+    pad = torch.nn.functional.pad
+    a.mask = torch.cat([pad(a.mask, (grew, 0)), pad(b.mask, (W - b.mask.shape[1], 0))])  # [B, W]
+    a.reqs, a.gen, a.lps = a.reqs + b.reqs, a.gen + b.gen, a.lps + b.lps
+    a.next_pos = torch.cat([a.next_pos, b.next_pos])
+    a.seeds = torch.cat([a.seeds, b.seeds])
+    a.logits = torch.cat([a.logits, b.logits])
+    return a
+
+
+def _drop(live: _Live, rows: set[int]) -> _Live | None:
+    """``live`` without ``rows`` (their slots refilled from the end); leading cache columns no remaining row
+    attends to are cut. None when empty."""
+    if len(rows) == len(live.reqs):
+        return None
+    order = live.cache.remove_rows(sorted(rows))
+    sel = torch.tensor(order, device=live.mask.device)
+    mask = live.mask.index_select(0, sel)
+    first = int(mask.any(0).long().argmax())  # left padding of retired long rows
+    live.cache.drop_leading(first)
+    live.mask = mask[:, first:]
+    live.reqs = [live.reqs[r] for r in order]
+    live.gen = [live.gen[r] for r in order]
+    live.lps = [live.lps[r] for r in order]
+    live.next_pos = live.next_pos.index_select(0, sel)
+    live.seeds = live.seeds[torch.tensor(order)]
+    live.logits = live.logits.index_select(0, sel)
+    live.tok = live.tok.index_select(0, sel) if live.tok is not None else None
+    return live
+
+
+class _AllAtOnce:
+    """The scheduler behind :meth:`HFEngine.generate`: every context up front, results by position."""
+
+    def __init__(self, reqs: list[Request]) -> None:
+        self.reqs: list[Request] | None = reqs
+        self.out: list[Generation | None] = [None] * len(reqs)
+
+    def next_requests(self) -> list[Request]:
+        reqs, self.reqs = self.reqs or [], None
+        return reqs
+
+    def finished(self, done: list[tuple[Request, Generation]]) -> None:
+        for req, g in done:
+            self.out[req.tag] = g

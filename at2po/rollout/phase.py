@@ -14,11 +14,24 @@ from typing import TYPE_CHECKING, Callable
 from at2po.agent.env import AgentEnv, ParsedTurn, ToolResult, TurnKind
 from at2po.agent.protocol import format_observation
 from at2po.core.tree import TurnEnd, TurnTree
-from at2po.rollout.engine import Engine, Generation, SamplingParams
+from at2po.rollout.engine import Engine, Generation, SamplingParams, cut
 from at2po.rollout.sampling import derive_seed
 
 if TYPE_CHECKING:
     from at2po.rollout.driver import RolloutConfig
+
+
+def turn_seed(parent_seed: int, kind: int, round: int = 0, j: int = 0) -> int:
+    """The random stream of a turn, derived from its position in the tree, never from batching or timing:
+    ``kind`` 0 with j = the chain's index for the initial chains (parent: the tree's seed) and j = 0 for the turn
+    after a tool call (parent: the calling turn's seed); ``kind`` 1 for the j-th fork of a node in round r
+    (parent: the forked node's seed, or the tree's for the root). So every batching mode and tree schedule
+    builds the same trees."""
+    return derive_seed(derive_seed(derive_seed(parent_seed, kind), round), j)
+
+
+def tree_seed(seed: int, tree: int) -> int:
+    return derive_seed(seed, tree)
 
 
 @dataclass
@@ -31,8 +44,12 @@ class Branch:
     obs_text: str
     group: int
     context: list[int]  # prompt + every earlier (obs + gen) + obs_ids: exactly what the model sees
+    seed: int  # the random stream of the next turn (``turn_seed``)
     forked_from: int | None = None  # the node whose state this branch forks (tree mode), 0 for a new chain
     round: int = 0  # expansion round that opened it (0: the initial chains)
+
+
+_Call = tuple[Branch, int, list[int], ParsedTurn]  # (branch, node index, context after the turn, parsed turn)
 
 
 class PhaseRunner:
@@ -42,6 +59,7 @@ class PhaseRunner:
         self.engine, self.env, self.trees, self.cfg = engine, env, trees, cfg
         self.phases: list[dict[str, float]] = []
         self.counts = {"tool_calls": 0, "tool_errors": 0, "invalid_turns": 0, "limit_hits": 0}
+        self.gen_s = self.tool_s = 0.0
         self.tokenizer = engine.tokenizer
 
     # --- phases -------------------------------------------------------------------------------------
@@ -62,21 +80,10 @@ class PhaseRunner:
         used = len(b.context) - len(self.trees[b.tree].prompt_ids)
         return min(self.cfg.max_turn_tokens, self.cfg.max_response_tokens - used, self.engine.max_model_len - len(b.context))
 
-    def _seeds(self, branches: list[Branch]) -> list[int]:
-        """One random stream per turn, keyed by (tree, index of the node the turn becomes): a tree's sampled tokens
-        depend only on the seed and that tree, not on batching, chunking or the tree schedule."""
-        next_node: dict[int, int] = {}
-        out = []
-        for b in branches:  # nodes are added in branch order (``_phase``), so the index is known in advance
-            n = next_node.get(b.tree, len(self.trees[b.tree].nodes))
-            next_node[b.tree] = n + 1
-            out.append(derive_seed(derive_seed(self.cfg.seed, b.tree), n))
-        return out
-
     def _generate(self, branches: list[Branch]) -> list[Generation]:
         cfg, env = self.cfg, self.env
         gens: list[Generation] = []
-        seeds = self._seeds(branches)
+        seeds = [b.seed for b in branches]
         for lo in range(0, len(branches), cfg.max_concurrent_sequences):
             chunk = branches[lo : lo + cfg.max_concurrent_sequences]
             params = SamplingParams(
@@ -87,18 +94,36 @@ class PhaseRunner:
             gens.extend(self.engine.generate([b.context for b in chunk], params, seeds[lo : lo + len(chunk)]))
         # One call serves branches with different remaining budgets: cut each to its own (sampling is causal,
         # so the kept tokens and log-probs are exactly those a shorter call would have produced).
-        for i, (b, g) in enumerate(zip(branches, gens)):
-            cap = self._budget(b)
-            if len(g.token_ids) > cap:
-                gens[i] = Generation(g.token_ids[:cap], g.logprobs[:cap], "length")
-        return gens
+        return [cut(g, self._budget(b)) for b, g in zip(branches, gens)]
 
     def _phase(self, branches: list[Branch]) -> list[Branch]:
         t0 = time.perf_counter()
         gen_before = self.engine.stats().generated_tokens
         gens = self._generate(branches)
         t_gen = time.perf_counter() - t0
-        calls: list[tuple[Branch, int, list[int], ParsedTurn]] = []
+        calls = self._record(branches, gens, phase=len(self.phases))
+        t1 = time.perf_counter()
+        results = self._run_tools([c[3] for c in calls])
+        t_tool = time.perf_counter() - t1
+        out = self._open_after_tools(calls, results)
+        self.gen_s += t_gen
+        self.tool_s += t_tool
+        self.phases.append(
+            {
+                "round": float(max(b.round for b in branches)),  # rounds mix when trees expand on their own
+                "sequences": float(len(branches)),
+                "generated_tokens": float(self.engine.stats().generated_tokens - gen_before),
+                "tool_calls": float(sum(c[3].kind == TurnKind.TOOL_CALL for c in calls)),
+                "gen_s": t_gen,
+                "tool_s": t_tool,
+                "wall_s": time.perf_counter() - t0,
+            }
+        )
+        return out
+
+    def _record(self, branches: list[Branch], gens: list[Generation], phase: int | None) -> list[_Call]:
+        """Add each sampled turn to its tree and classify it; returns the turns that continue after a tool step."""
+        calls: list[_Call] = []
         for b, g in zip(branches, gens):
             tree = self.trees[b.tree]
             text = self.tokenizer.decode(g.token_ids, skip_special_tokens=False)
@@ -109,7 +134,9 @@ class PhaseRunner:
             node = tree.nodes[n]
             node.info["finish_reason"] = g.finish_reason
             node.info["round"] = b.round
-            node.info["phase"] = len(self.phases)  # index of the batched phase that generated it
+            node.info["seed"] = b.seed
+            if phase is not None:
+                node.info["phase"] = phase  # index of the batched phase that generated it
             if b.forked_from is not None:
                 node.info["forked_from"] = b.forked_from
             ctx = b.context + list(g.token_ids)
@@ -132,9 +159,10 @@ class PhaseRunner:
             node.tool_call = parsed.query if parsed.kind == TurnKind.TOOL_CALL else None
             self.counts["invalid_turns"] += parsed.kind == TurnKind.INVALID and parsed.error != "limit"
             calls.append((b, n, ctx, parsed))
-        t1 = time.perf_counter()
-        results = self._run_tools([c[3] for c in calls])
-        t_tool = time.perf_counter() - t1
+        return calls
+
+    def _open_after_tools(self, calls: list[_Call], results: list[ToolResult]) -> list[Branch]:
+        """Append each observation and open the next turn (or end the path when no room is left)."""
         out: list[Branch] = []
         for (b, n, ctx, parsed), res in zip(calls, results):
             tree = self.trees[b.tree]
@@ -149,18 +177,7 @@ class PhaseRunner:
                 node.end = TurnEnd.TRUNCATED  # no room left for another turn after this observation
                 node.info["truncated"] = "after_observation"
                 continue
-            out.append(Branch(b.tree, n, obs_ids, res.observation, node.group, nxt, round=b.round))
-        self.phases.append(
-            {
-                "round": float(max(b.round for b in branches)),  # rounds mix when trees expand on their own
-                "sequences": float(len(branches)),
-                "generated_tokens": float(self.engine.stats().generated_tokens - gen_before),
-                "tool_calls": float(sum(c[3].kind == TurnKind.TOOL_CALL for c in calls)),
-                "gen_s": t_gen,
-                "tool_s": t_tool,
-                "wall_s": time.perf_counter() - t0,
-            }
-        )
+            out.append(Branch(b.tree, n, obs_ids, res.observation, node.group, nxt, turn_seed(b.seed, 0), round=b.round))
         return out
 
     # --- tools --------------------------------------------------------------------------------------

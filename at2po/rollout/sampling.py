@@ -29,9 +29,11 @@ def derive_seed(base: int, index: int) -> int:
     return int(hash32(hash32(t) ^ (base & _M32))[0])
 
 
-def uniforms(seeds: torch.Tensor, step: int) -> torch.Tensor:
-    """u ~ U(0, 1) per sequence for decode step ``step``: u = (hash(seed ⊕ hash(step)) + 0.5) / 2**32.  # [B]"""
-    s = hash32(torch.full_like(seeds, (step * 0x632BE5AB + 0x165667B1) & _M32))
+def uniforms(seeds: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
+    """u ~ U(0, 1) per sequence for decode step ``step`` (one int, or one per sequence: the number of tokens that
+    sequence has sampled so far): u = (hash(seed ⊕ hash(step)) + 0.5) / 2**32.  # [B]"""
+    steps = step.to(seeds.device, torch.int64) if isinstance(step, torch.Tensor) else torch.full_like(seeds, step)
+    s = hash32((steps * 0x632BE5AB + 0x165667B1) & _M32)
     return (hash32(seeds ^ s).to(torch.float64) + 0.5) / 4294967296.0
 
 
@@ -51,7 +53,7 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 
 
 def sample(
-    logits: torch.Tensor, seeds: torch.Tensor, step: int, temperature: float, top_k: int = 0, top_p: float = 1.0
+    logits: torch.Tensor, seeds: torch.Tensor, step: int | torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row and return (tokens [B], log-probs [B]).
 

@@ -90,3 +90,31 @@ def test_forest_random_mode_stays_in_tree() -> None:
     for row, start in zip(got, off[:-1]):
         local = row - start
         assert set(local.tolist()) == {0, 1, 2, 4}  # 4 candidates, K=6: permutation then repeats
+
+
+def _relabel(perm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """PARENT/ENTROPY/IS_LEAF with non-root node i renamed inv[i] (a valid topological order is kept: parents
+    first), and the map old → new."""
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(perm.size)
+    parent = np.full(perm.size, -1)
+    for new, old in enumerate(perm):
+        parent[new] = -1 if PARENT[old] < 0 else inv[PARENT[old]]
+    return parent, ENTROPY[perm], IS_LEAF[perm], inv
+
+
+@pytest.mark.parametrize("mode", ["entropy", "random"])
+def test_keys_make_the_pick_independent_of_node_order(mode: str) -> None:
+    """Continuous batching adds nodes in the order turns end: with per-node keys the same nodes are picked
+    whatever their indices (ties included: nodes 1 and 4 tie at alpha 0.25)."""
+    keys = np.array([0.9, 0.3, 0.6, 0.1, 0.2, 0.8, 0.4, 0.7])
+    base = select_nodes_forest(PARENT, ENTROPY, IS_LEAF, 3, 0.25, mode, keys=keys)[0]
+    # entropy: the 1/4 tie goes to the lower key (4), not the lower index; random: candidates 0, 1, 2, 4 ranked
+    # by key: 4 (.2), 1 (.3), 2 (.6), 0 (.9)
+    assert base.tolist() == [4, 1, 2]
+    perm = np.array([0, 2, 1, 4, 3, 7, 5, 6])  # parents still before children
+    parent, ent, leaf, inv = _relabel(perm)
+    got = select_nodes_forest(parent, ent, leaf, 3, 0.25, mode, keys=keys[perm])[0]
+    assert got.tolist() == inv[base].tolist()
+    with pytest.raises(ValueError, match="keys has shape"):
+        select_nodes_forest(PARENT, ENTROPY, IS_LEAF, 3, keys=keys[:3])

@@ -141,3 +141,77 @@ def test_model_length_bound_stops_generation(tiny, contexts):
     eng = HFEngine(model, tok, prefix_cache=False, stop_at_eos=False, max_model_len=len(contexts[0]) + 3)
     g = eng.generate(contexts[:1], SamplingParams(max_new_tokens=50))[0]
     assert g.finish_reason == "length" and len(g.token_ids) == 3
+
+
+class Staggered:
+    """A scheduler that starts with two requests and sends each next one when an earlier one finishes, so
+    requests join a running batch of rows with other lengths (continuous batching)."""
+
+    def __init__(self, contexts, seeds, budgets):
+        from at2po.rollout.engine import Request
+
+        self.todo = [Request(c, s, m, i) for i, (c, s, m) in enumerate(zip(contexts, seeds, budgets))]
+        self.out: dict[int, object] = {}
+        self.sent = 2
+        self.polls = 0
+
+    def next_requests(self):
+        self.polls += 1
+        reqs, self.todo = self.todo[: self.sent], self.todo[self.sent:]
+        self.sent = 0
+        return reqs
+
+    def finished(self, done):
+        for req, g in done:
+            self.out[req.tag] = g
+        self.sent += len(done)
+
+
+def test_continuous_run_matches_generate_and_teacher_forcing(tiny, contexts):
+    from at2po.rollout.engine import Engine
+
+    model, tok = tiny
+    ctxs = contexts * 3  # 12 requests
+    seeds, budgets = list(range(100, 112)), [4, 9, 16, 6] * 3
+    p = SamplingParams(max_new_tokens=99, temperature=0.9, stop=("</search>",))
+    for prefix_cache in (False, True):
+        eng = HFEngine(model, tok, prefix_cache=prefix_cache, max_batch_sequences=3)
+        sched = Staggered(ctxs, seeds, budgets)
+        eng.run(sched, p)
+        assert sorted(sched.out) == list(range(12)) and sched.polls > 6
+        assert eng.stats().decode_steps > 0 and eng.stats().sequences == 12
+        for i, (c, s, m) in enumerate(zip(ctxs, seeds, budgets)):
+            g = sched.out[i]
+            alone = HFEngine(model, tok, prefix_cache=False).generate([c], SamplingParams(**{**p.__dict__, "max_new_tokens": m}), seeds=[s])[0]
+            assert g.token_ids == alone.token_ids and g.finish_reason == alone.finish_reason
+            assert len(g.token_ids) <= m
+            ref = teacher_forced_logprobs(model, c, g.token_ids, temperature=0.9)
+            assert max(abs(a - b) for a, b in zip(ref, g.logprobs)) < 1e-4
+    # engines without a step-wise loop run the same schedule in waves (Engine.run), with the same samples
+    waves = type("Waves", (HFEngine,), {"run": Engine.run})(model, tok)
+    sched_w = Staggered(ctxs, seeds, budgets)
+    waves.run(sched_w, p)
+    assert [sched_w.out[i].token_ids for i in range(12)] == [sched.out[i].token_ids for i in range(12)]
+
+
+def test_continuous_run_rejects_bad_requests(tiny, contexts):
+    from at2po.rollout.engine import Request
+
+    model, tok = tiny
+
+    class One:
+        def __init__(self, req):
+            self.req = [req]
+
+        def next_requests(self):
+            r, self.req = self.req, []
+            return r
+
+        def finished(self, done):
+            pass
+
+    eng = HFEngine(model, tok)
+    with pytest.raises(ValueError, match="max_new_tokens=0"):
+        eng.run(One(Request(contexts[0], 1, 0, "q7")), SamplingParams())
+    with pytest.raises(ValueError, match="context 0 is empty"):
+        eng.run(One(Request([], 1, 4, "q8")), SamplingParams())

@@ -83,12 +83,18 @@ def test_entropy_selection_forks_the_top_scoring_nodes(tiny, scripted_env):
         assert all(s[p] >= s[c] - 1e-12 for p in picked for c in cand if c not in picked)
 
 
+def canonical(trees: list[TurnTree]) -> list[list[tuple]]:
+    """Trees up to node order: each turn by its random stream, ids and end (continuous batching adds nodes in
+    the order turns end, not in phase order)."""
+    return [sorted((n.info["seed"], tuple(n.obs_ids), tuple(n.gen_ids), n.end) for n in t.nodes[1:]) for t in trees]
+
+
 def test_per_tree_schedule_builds_the_same_trees_in_fewer_phases(tiny, scripted_env):
-    """Each turn's random stream is keyed by (tree, node), so both schedules must build exactly the same trees
-    (selection reads only the tree); a tree that finishes early starts its next round at once."""
+    """Each turn's random stream is keyed by its place in the tree, so both schedules must build exactly the same
+    trees (selection reads only the tree); a tree that finishes early starts its next round at once."""
     model, tok = tiny
-    per = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, tree_cfg(tree_schedule="per_tree"))
-    lock = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, tree_cfg(tree_schedule="lockstep"))
+    per = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, tree_cfg(tree_schedule="per_tree", seed=3))
+    lock = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, tree_cfg(tree_schedule="lockstep", seed=3))
     assert signature(per.trees) == signature(lock.trees)
     for a in per.trees:
         check_tree(a, 3 + 2 * 2)
@@ -104,6 +110,38 @@ def test_per_tree_schedule_builds_the_same_trees_in_fewer_phases(tiny, scripted_
     per_r = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, tree_cfg(tree_schedule="per_tree", expansion="random"))
     lock_r = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, tree_cfg(expansion="random"))
     assert signature(per_r.trees) == signature(lock_r.trees) != signature(per.trees)
+
+
+@pytest.mark.parametrize("schedule", ["lockstep", "per_tree"])
+@pytest.mark.parametrize("expansion", ["entropy", "random"])
+def test_continuous_batching_builds_the_same_trees_in_fewer_decode_steps(tiny, scripted_env, schedule, expansion):
+    """No phase barrier: a turn starts as soon as its tool returned, yet every turn samples the same tokens (its
+    stream is keyed by its place in the tree), so the trees equal phase batching's up to node order."""
+    model, tok = tiny
+    cfg = tree_cfg(seed=3, tree_schedule=schedule, expansion=expansion)
+    phase = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, cfg)
+    cont = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, cfg.model_copy(update={"batching": "continuous"}))
+    assert canonical(cont.trees) == canonical(phase.trees)
+    assert signature(cont.trees) != signature(phase.trees)  # nodes were added as turns ended, not phase by phase
+    for t in cont.trees:
+        check_tree(t, 3 + 2 * 2)
+        assert [n.info["round"] for n in t.nodes[1:]] == sorted(n.info["round"] for n in t.nodes[1:])
+    for key in ("generated_tokens", "tool_calls", "leaves", "reward_mean"):
+        assert cont.metrics[key] == phase.metrics[key]
+    assert cont.metrics["phases"] == 0 and phase.metrics["phases"] > 0
+    assert cont.metrics["decode_steps"] < 0.8 * phase.metrics["decode_steps"]
+    # a tool's latency no longer stalls a whole phase but it still counts
+    assert cont.metrics["tool_s"] > 0 and cont.metrics["gen_s"] > 0
+
+
+def test_continuous_chains_match_phase_chains(tiny, scripted_env):
+    model, tok = tiny
+    cfg = RolloutConfig(mode="chain", n=4, seed=1, **FAST)
+    phase = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, cfg)
+    cont = rollout(HFEngine(model, tok, max_batch_sequences=5), scripted_env, QUESTIONS,
+                   cfg.model_copy(update={"batching": "continuous"}))  # a batch bound below the chains' count
+    assert canonical(cont.trees) == canonical(phase.trees)
+    assert cont.metrics["decode_steps"] > 0
 
 
 def test_random_expansion_groups_and_chain_mode(tiny, scripted_env):
@@ -249,3 +287,25 @@ def test_plain_search_env_with_random_model(tiny, retriever):
 def test_config_rejects_unknown_keys():
     with pytest.raises(Exception, match="extra"):
         RolloutConfig(mode="tree", branches=3)
+
+
+def test_identical_turns_get_one_entropy_so_float_noise_cannot_pick():
+    """Two chains that sampled the same first turn (and the same second turn after it) have identical H(n) in
+    exact arithmetic; their engine log-probs differ by layout noise. Selection must see one value."""
+    from at2po.core.tree import stack_trees
+    from at2po.rollout.driver import _same_turn_same_entropy
+
+    tree = TurnTree(prompt_ids=[1, 2, 3])
+    a = tree.add_node(0, obs_ids=[], obs_text="", gen_ids=[5, 6], gen_logprobs=[-0.5, -0.25], text="", group=0)
+    b = tree.add_node(0, obs_ids=[], obs_text="", gen_ids=[5, 6], gen_logprobs=[-0.5, -0.25 - 1e-7], text="", group=0)
+    c = tree.add_node(0, obs_ids=[], obs_text="", gen_ids=[5, 7], gen_logprobs=[-0.5, -0.25 - 1e-7], text="", group=0)
+    a2 = tree.add_node(a, obs_ids=[9], obs_text="", gen_ids=[8], gen_logprobs=[-1.0], text="", group=0)
+    b2 = tree.add_node(b, obs_ids=[9], obs_text="", gen_ids=[8], gen_logprobs=[-1.0 + 1e-7], text="", group=0)
+    other = TurnTree(prompt_ids=[1, 2, 3])  # a second tree with the same turn: trees are never mixed
+    x = other.add_node(0, obs_ids=[], obs_text="", gen_ids=[5, 6], gen_logprobs=[-0.5, -0.75], text="", group=0)
+    arrays, _, off = stack_trees([tree, other])
+    h = _same_turn_same_entropy([tree, other], arrays.entropy, off)
+    assert arrays.entropy[a] != arrays.entropy[b]
+    assert h[a] == h[b] == min(arrays.entropy[a], arrays.entropy[b])
+    assert h[a2] == h[b2] == min(arrays.entropy[a2], arrays.entropy[b2])
+    assert h[c] == arrays.entropy[c] and h[off[1] + x] == arrays.entropy[off[1] + x] != h[a]

@@ -14,9 +14,17 @@ from at2po.train.trainer import train
 
 torch.set_num_threads(1)
 out = Path(sys.argv[1])
-params: dict[str, torch.nn.Module] = {}
-res = train(load_config(preset="at2po", overrides=sys.argv[2:]), model_hook=lambda m: params.setdefault("m", m))
+params: dict = {}
+
+
+def hook(m: torch.nn.Module) -> None:  # called once, before training: keep the model and its initial weights
+    params["m"] = m
+    params["init"] = torch.cat([p.detach().flatten() for p in m.parameters()]).double().clone()
+
+
+res = train(load_config(preset="at2po", overrides=sys.argv[2:]), model_hook=hook)
 flat = torch.cat([p.detach().flatten() for p in params["m"].parameters()])
 rank = __import__("accelerate").PartialState().process_index
 (out / f"rank-{rank}.json").write_text(json.dumps({"sum": float(flat.double().sum()), "abs": float(flat.double().abs().sum()),
+                                                   "moved": float((flat.double() - params["init"]).norm()),
                                                    "steps": res.steps_done}))

@@ -49,8 +49,6 @@ def test_two_processes_train_like_one(tiny_world, sft_model, tmp_path: Path) -> 
         assert all(r["actor/updates"] == 2 and r["actor/skipped_updates"] == 0 for r in recs[n])
         assert any(r["actor/grad_norm"] > 0 for r in recs[n])  # real gradient signal in both
         assert recs[n][0]["rollout/format_ok"] > 0.5  # the SFT'd policy writes the protocol in both setups
-    # same result class: initial → final weights moved by a comparable amount in both setups
-    init = __import__("safetensors.torch", fromlist=["load_file"]).load_file(str(sft_model / "model.safetensors"))
-    s0 = sum(float(v.double().abs().sum()) for v in init.values())
-    d1, d2 = abs(one[0]["abs"] - s0), abs(two[0]["abs"] - s0)
+    # same result class: the weights moved (L2 distance from the initial weights) by a comparable amount in both
+    d1, d2 = one[0]["moved"], two[0]["moved"]
     assert d1 > 0 and d2 > 0 and 0.1 < d2 / d1 < 10
