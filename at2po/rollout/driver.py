@@ -32,11 +32,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from at2po.agent.env import AgentEnv, QAExample
 from at2po.core.expansion import select_nodes_forest
 from at2po.core.tree import TurnTree, stack_trees
-from at2po.rollout.vllm_engine import VLLMConfig
 from at2po.rollout.continuous import ContinuousRunner
 from at2po.rollout.engine import Engine
 from at2po.rollout.phase import Branch, PhaseRunner, tree_seed, turn_seed
 from at2po.rollout.sampling import uniforms
+from at2po.rollout.vllm_engine import VLLMConfig
 
 
 class RolloutConfig(BaseModel):
@@ -47,7 +47,7 @@ class RolloutConfig(BaseModel):
     mode: Literal["chain", "tree"] = "tree"
     n: int = Field(16, ge=1, description="chains per prompt (chain mode)")
     m: int = Field(10, ge=1, description="initial chains per tree (tree mode)")
-    l: int = Field(2, ge=0, description="expansion rounds")  # noqa: E741
+    l: int = Field(2, ge=0, description="expansion rounds")
     k: int = Field(6, ge=0, description="nodes forked per tree per round")
     alpha: float = Field(0.05, ge=0.0, description="branch penalty α in s(n) = H(n) − α·|siblings|")
     expansion: Literal["entropy", "random"] = "entropy"
@@ -66,7 +66,8 @@ class RolloutConfig(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0)
     seed: int = 0
-    tool_workers: int = Field(8, ge=1, description="threads for the fallback per-call tool execution")
+    tool_workers: int = Field(8, ge=1, description="threads for tool batches (continuous batching) and the fallback "
+                              "per-call tool execution")
     tool_timeout_s: float = Field(30.0, gt=0, description="per-call timeout of the fallback tool execution")
     max_concurrent_sequences: int = Field(64, ge=1, description="sequences per engine call")
     engine: Literal["hf", "vllm"] = "hf"  # the trainer's choice of sampling engine; the driver never looks
@@ -210,6 +211,7 @@ def _metrics(trees: list[TurnTree], runner: PhaseRunner, engine: Engine, s0: dic
         "decode_steps": float(s1["decode_steps"] - s0["decode_steps"]),
         "gen_s": runner.gen_s,
         "tool_s": runner.tool_s,
+        "tool_wait_s": runner.tool_wait_s,
     }
     metric_names = sorted({k for tree, i in leaves for k in tree.nodes[i].info.get("metrics", {})})
     for k in metric_names:

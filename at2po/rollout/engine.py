@@ -51,8 +51,10 @@ class Request:
 class Scheduler(Protocol):
     """The caller's side of continuous batching (:meth:`Engine.run`)."""
 
-    def next_requests(self) -> list[Request]:
-        """New sequences to start now (polled between decode steps); [] when nothing is waiting."""
+    def next_requests(self, idle: bool) -> list[Request]:
+        """New sequences to start now, polled between decode steps; [] when nothing is ready. ``idle``: the engine
+        has nothing left to decode, so the scheduler should wait for work still in flight (e.g. tool calls) and
+        return [] only when no request will ever come again (the engine then returns)."""
         ...
 
     def finished(self, done: list[tuple[Request, Generation]]) -> None:
@@ -113,7 +115,7 @@ class Engine(ABC):
         This default runs in waves: one :meth:`generate` call on everything waiting, then ``finished`` on all of
         it. Engines with a step-wise decode loop (``HFEngine``) override it to start a request as soon as it
         arrives and to report each sequence at the step it ends, so nobody waits for the longest sequence."""
-        while reqs := scheduler.next_requests():
+        while reqs := scheduler.next_requests(idle=True):
             wave = replace(params, max_new_tokens=max(r.max_new_tokens for r in reqs))
             gens = self.generate([r.context for r in reqs], wave, [r.seed for r in reqs])
             # sampling is causal: a generation cut to a shorter budget is what that budget would have produced

@@ -58,6 +58,8 @@ class HFEngine(Engine):
         prefix_cache: keep key/values of finished sequences and reuse shared prefixes.
         cache_max_tokens: LRU bound on the tokens held by the prefix cache.
         stop_at_eos: also stop at the tokenizer's eos id (besides ``SamplingParams.stop_token_ids``).
+        admit_wait: continuous batching joins new requests in groups (one prefill forward each): when fewer than
+            1/8 of the running batch are waiting, they wait up to this many decode steps for more.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class HFEngine(Engine):
         cache_max_tokens: int = 262_144,
         stop_at_eos: bool = True,
         max_model_len: int | None = None,
+        admit_wait: int = 4,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -78,6 +81,7 @@ class HFEngine(Engine):
         self.max_model_len = int(max_model_len or getattr(model.config, "max_position_embeddings", 4096))
         self.max_batch_sequences = max_batch_sequences
         self.max_batch_tokens = max_batch_tokens
+        self.admit_wait = admit_wait
         self.cache = PrefixCache(cache_max_tokens) if prefix_cache else None
         self.eos_ids: tuple[int, ...] = ()
         if stop_at_eos and tokenizer.eos_token_id is not None:
@@ -90,7 +94,7 @@ class HFEngine(Engine):
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | None = None, dtype: Any = None, **kw: Any) -> "HFEngine":
+    def from_pretrained(cls, path: str | Path, device: str | None = None, dtype: Any = None, **kw: Any) -> HFEngine:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -150,15 +154,20 @@ class HFEngine(Engine):
         waiting: deque[Request] = deque()
         live: _Live | None = None
         n_seq = 0
+        waited = 0  # decode steps the oldest waiting request has waited
         try:
             with torch.inference_mode():
                 while True:
-                    new = scheduler.next_requests()
+                    new = scheduler.next_requests(idle=live is None and not waiting)
                     if new:
                         self._check(new)
                         waiting.extend(new)
                         n_seq += len(new)
-                    admit = self._admit(live, waiting) if waiting else []
+                    # a join costs one prefill forward, whatever its size: gather a few requests unless the batch is
+                    # small or they have waited ``admit_wait`` steps (a request then waits at most that long)
+                    ready = waiting and (live is None or len(waiting) * 8 >= len(live.reqs) or waited >= self.admit_wait)
+                    admit = self._admit(live, waiting) if ready else []
+                    waited = waited + 1 if waiting and not admit else 0
                     if admit:
                         block = self._prefill(admit)
                         live = _start(block) if live is None else _merge(live, block)
@@ -210,7 +219,7 @@ class HFEngine(Engine):
             if r.max_new_tokens < 1:
                 raise ValueError(f"HFEngine: request {r.tag!r} has max_new_tokens={r.max_new_tokens} (must be ≥ 1)")
 
-    def _admit(self, live: "_Live | None", waiting: "deque[Request]") -> list[Request]:
+    def _admit(self, live: _Live | None, waiting: deque[Request]) -> list[Request]:
         """Take waiting requests while the batch stays within ``max_batch_sequences`` sequences and
         ``max_batch_tokens`` Σ (context + max_new_tokens); an empty batch always takes one."""
         n = len(live.reqs) if live is not None else 0
@@ -224,7 +233,7 @@ class HFEngine(Engine):
             used += need
         return out
 
-    def _prefill(self, reqs: list[Request]) -> "_Live":
+    def _prefill(self, reqs: list[Request]) -> _Live:
         """Prefix lookup + one forward over the suffixes: a batch block whose logits give each first token."""
         dev, B = self.device, len(reqs)
         ctxs = [list(r.context) for r in reqs]
@@ -267,7 +276,7 @@ class HFEngine(Engine):
             next_pos=pos[:, -1] + 1, seeds=torch.tensor([r.seed for r in reqs], dtype=torch.int64), logits=logits,
         )
 
-    def _retire(self, live: "_Live", rows: list[int]) -> None:
+    def _retire(self, live: _Live, rows: list[int]) -> None:
         """Move the key/values of finished rows into the prefix cache (context + generated tokens but the last)."""
         if self.cache is None:
             return
@@ -348,7 +357,7 @@ class _AllAtOnce:
         self.reqs: list[Request] | None = reqs
         self.out: list[Generation | None] = [None] * len(reqs)
 
-    def next_requests(self) -> list[Request]:
+    def next_requests(self, idle: bool) -> list[Request]:
         reqs, self.reqs = self.reqs or [], None
         return reqs
 

@@ -6,10 +6,11 @@ Used by :func:`at2po.rollout.driver.rollout`; see there for the chain/tree logic
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from at2po.agent.env import AgentEnv, ParsedTurn, ToolResult, TurnKind
 from at2po.agent.protocol import format_observation
@@ -55,11 +56,12 @@ _Call = tuple[Branch, int, list[int], ParsedTurn]  # (branch, node index, contex
 class PhaseRunner:
     """Runs branches to completion phase by phase and records per-phase timings and counts."""
 
-    def __init__(self, engine: Engine, env: AgentEnv, trees: list[TurnTree], cfg: "RolloutConfig") -> None:
+    def __init__(self, engine: Engine, env: AgentEnv, trees: list[TurnTree], cfg: RolloutConfig) -> None:
         self.engine, self.env, self.trees, self.cfg = engine, env, trees, cfg
         self.phases: list[dict[str, float]] = []
         self.counts = {"tool_calls": 0, "tool_errors": 0, "invalid_turns": 0, "limit_hits": 0}
-        self.gen_s = self.tool_s = 0.0
+        # gen_s: engine time; tool_s: time tools ran; tool_wait_s: time generation stood still for tools
+        self.gen_s = self.tool_s = self.tool_wait_s = 0.0
         self.tokenizer = engine.tokenizer
 
     # --- phases -------------------------------------------------------------------------------------
@@ -108,6 +110,7 @@ class PhaseRunner:
         out = self._open_after_tools(calls, results)
         self.gen_s += t_gen
         self.tool_s += t_tool
+        self.tool_wait_s += t_tool  # a phase waits for all of its tools
         self.phases.append(
             {
                 "round": float(max(b.round for b in branches)),  # rounds mix when trees expand on their own
@@ -191,7 +194,7 @@ class PhaseRunner:
             if len(results) != len(calls):
                 raise RuntimeError(f"env.run_tools returned {len(results)} results for {len(calls)} calls")
             return results
-        except Exception:  # noqa: BLE001 - isolate the failing call below
+        except Exception:
             pass
         pool = ThreadPoolExecutor(self.cfg.tool_workers, thread_name_prefix="at2po-tool")
         futures = [pool.submit(self.env.run_tools, [c]) if c.kind == TurnKind.TOOL_CALL else None for c in calls]
@@ -204,7 +207,7 @@ class PhaseRunner:
                 out.append(fut.result(timeout=self.cfg.tool_timeout_s)[0])
             except FutureTimeout:
                 out.append(ToolResult(format_observation("Search failed: it timed out."), ok=False, error="timeout"))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 msg = format_observation("Search failed: the tool raised an error.")
                 out.append(ToolResult(msg, ok=False, error=f"tool_error: {type(exc).__name__}: {exc}"))
         pool.shutdown(wait=False, cancel_futures=True)

@@ -25,7 +25,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 class SlabLayer(DynamicLayer):
     """One layer's key/values: ``kbuf``/``vbuf`` [B_cap, H_kv, W_cap, D], live window [:rows, :, lo:hi]."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, rows_cap: int, right: int) -> None:  # noqa: D107
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, rows_cap: int, right: int) -> None:
         b, h, w, d = keys.shape
         self.kbuf = keys.new_zeros((max(rows_cap, b), h, w + right, d))
         self.vbuf = values.new_zeros((max(rows_cap, b), h, w + right, d))

