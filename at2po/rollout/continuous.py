@@ -66,7 +66,12 @@ class ContinuousRunner(PhaseRunner):
     def finished(self, done: list[tuple[Request, Generation]]) -> None:
         branches: list[Branch] = [req.tag for req, _ in done]
         calls = self._record(branches, [cut(g, self._budget(b)) for b, (_, g) in zip(branches, done)], phase=None)
-        if calls or self._inflight:  # keep the order: a step's branches continue after earlier steps' tools
+        if not self.cfg.async_tools:  # wait for this step's tools: a reproducible batch layout
+            t0 = time.perf_counter()
+            results = self._timed_tools([c[3] for c in calls]) if calls else []
+            self.tool_wait_s += time.perf_counter() - t0
+            self._continue(branches, self._open_after_tools(calls, results))
+        elif calls or self._inflight:  # keep the order: a step's branches continue after earlier steps' tools
             self._inflight.append((self._tools.submit(self._timed_tools, [c[3] for c in calls]), calls, branches))
         else:
             self._continue(branches, [])

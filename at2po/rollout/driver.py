@@ -60,6 +60,10 @@ class RolloutConfig(BaseModel):
     # as long as its longest turn); continuous: the engine's running batch takes each next turn as soon as its tool
     # returns (``engine.run``; HFEngine decodes step-wise, other engines fall back to waves). Same trees either way.
     batching: Literal["phase", "continuous"] = "phase"
+    # continuous batching: run each step's tool batch on a worker thread while decoding goes on (hides tool latency).
+    # False: wait for it before the next decode step — the batch layout, hence every float, is then the same run to
+    # run (with async tools it depends on timing, and ~1e-5 log-prob noise can flip a rare tail token)
+    async_tools: bool = True
     max_turn_tokens: int = Field(512, ge=1)
     max_response_tokens: int = Field(6192, ge=1, description="generated + observation tokens after the prompt")
     temperature: float = Field(1.0, ge=0.0)

@@ -5,6 +5,10 @@ last sampled token, which was never fed). A later context that shares a prefix w
 continuation after an observation, or a fork from an earlier turn — takes the key/values of the longest common
 prefix and prefills only the rest. Keys/values of a causal LM at position t depend only on tokens ≤ t, so any
 prefix slice of a stored entry is exact.
+
+The entries' token ids are kept as rows of one −1-padded matrix, updated in place on insert and eviction, so a
+lookup and the superseded-prefix check of an insert are one vectorised comparison each (rollouts interleave
+thousands of both).
 """
 
 from __future__ import annotations
@@ -36,52 +40,69 @@ class PrefixCache:
 
     def __init__(self, max_tokens: int = 262_144) -> None:
         self.max_tokens = max_tokens
-        self._entries: OrderedDict[int, KVEntry] = OrderedDict()
-        self._next_id = 0
-        self.tokens = 0
-        self._matrix: np.ndarray | None = None  # [E, L_max] entry tokens, −1 padded; rebuilt lazily
-        self._order: list[int] = []
+        self.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def clear(self) -> None:
-        self._entries.clear()
+        self._entries: OrderedDict[int, tuple[KVEntry, int]] = OrderedDict()  # id → (entry, matrix row)
+        self._next_id = 0
         self.tokens = 0
-        self._matrix = None
+        self._matrix = np.full((16, 64), -1, dtype=np.int64)  # [rows, width]: entry tokens, −1 padded
+        self._lens = np.zeros(16, dtype=np.int64)  # [rows]; 0 = free row
+        self._free = list(range(15, -1, -1))
+        self._row_owner: dict[int, int] = {}  # matrix row → entry id
+
+    def _lcp(self, context: np.ndarray) -> np.ndarray:
+        """Common prefix length of ``context`` with every matrix row (free rows: 0).  # [rows]"""
+        n = min(self._matrix.shape[1], len(context))
+        eq = self._matrix[:, :n] == context[None, :n]  # [rows, n]; −1 padding never matches a token id
+        return np.where(eq.all(axis=1), n, np.argmin(eq, axis=1))
 
     def lookup(self, context: np.ndarray, limit: int) -> tuple[int, KVEntry | None]:
         """Longest common prefix (≤ ``limit`` tokens) between ``context`` and any entry: (length, entry)."""
         if not self._entries or limit <= 0:
             return 0, None
-        if self._matrix is None:
-            self._order = list(self._entries)
-            width = max(len(e.tokens) for e in self._entries.values())
-            self._matrix = np.full((len(self._order), width), -1, dtype=np.int64)
-            for r, eid in enumerate(self._order):
-                e = self._entries[eid]
-                self._matrix[r, : len(e.tokens)] = e.tokens
-        n = min(self._matrix.shape[1], len(context), limit)
-        eq = self._matrix[:, :n] == context[None, :n]  # [E, n]; −1 padding never matches a token id
-        lcp = np.where(eq.all(axis=1), n, np.argmin(eq, axis=1))  # first mismatch per entry  # [E]
+        lcp = np.minimum(self._lcp(context), limit)
         r = int(np.argmax(lcp))
         if lcp[r] == 0:
             return 0, None
-        eid = self._order[r]
-        self._entries.move_to_end(eid)  # LRU order only; the matrix rows keep their positions
-        return int(lcp[r]), self._entries[eid]
+        eid = self._row_owner[r]
+        self._entries.move_to_end(eid)
+        return int(lcp[r]), self._entries[eid][0]
 
     def insert(self, entry: KVEntry) -> None:
         """Store ``entry``; entries that are prefixes of it are dropped (it serves every lookup they could)."""
         n = len(entry.tokens)
         if n == 0 or n > self.max_tokens:
             return
-        for eid in [eid for eid, e in self._entries.items() if len(e.tokens) <= n and common_prefix_len(e.tokens, entry.tokens) == len(e.tokens)]:
-            self.tokens -= len(self._entries.pop(eid).tokens)
-        self._entries[self._next_id] = entry
+        if self._entries:
+            lcp = self._lcp(entry.tokens)
+            for r in np.flatnonzero((lcp == self._lens) & (self._lens > 0)):
+                self._drop(self._row_owner[int(r)])
+        if not self._free:  # double the rows
+            rows = self._matrix.shape[0]
+            self._matrix = np.concatenate([self._matrix, np.full_like(self._matrix, -1)])
+            self._lens = np.concatenate([self._lens, np.zeros_like(self._lens)])
+            self._free = list(range(2 * rows - 1, rows - 1, -1))
+        if n > self._matrix.shape[1]:  # widen by ≥ 1.5×
+            width = max(n, self._matrix.shape[1] * 3 // 2)
+            self._matrix = np.pad(self._matrix, ((0, 0), (0, width - self._matrix.shape[1])), constant_values=-1)
+        r = self._free.pop()
+        self._matrix[r, :n] = entry.tokens
+        self._lens[r] = n
+        self._entries[self._next_id] = (entry, r)
+        self._row_owner[r] = self._next_id
         self._next_id += 1
-        self._matrix = None
         self.tokens += n
         while self.tokens > self.max_tokens:
-            _, old = self._entries.popitem(last=False)
-            self.tokens -= len(old.tokens)
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, eid: int) -> None:
+        entry, r = self._entries.pop(eid)
+        self.tokens -= len(entry.tokens)
+        self._matrix[r, : len(entry.tokens)] = -1
+        self._lens[r] = 0
+        self._free.append(r)
+        del self._row_owner[r]
