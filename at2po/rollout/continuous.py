@@ -47,18 +47,25 @@ class ContinuousRunner(PhaseRunner):
         # concurrently inside env.run_tools
         with ThreadPoolExecutor(cfg.tool_workers, thread_name_prefix="at2po-tools") as self._tools:
             self.engine.run(self, params)
+        if self._queue or self._inflight or any(self._open.values()):  # an engine that stopped early loses turns
+            raise RuntimeError(f"ContinuousRunner: {type(self.engine).__name__}.run returned with "
+                               f"{sum(self._open.values())} branches still open ({len(self._queue)} turns never "
+                               f"requested, {len(self._inflight)} tool batches in flight)")
         self.gen_s += time.perf_counter() - t0 - (self.tool_wait_s - wait0)
 
     # --- Scheduler ----------------------------------------------------------------------------------
     def next_requests(self, idle: bool) -> list[Request]:
-        if idle and not self._queue and self._inflight:  # nothing to decode: wait for the oldest tool batch
+        while True:
+            # collect finished tool batches in the order their turns ended (a later one may finish first)
+            while self._inflight and self._inflight[0][0].done():
+                fut, calls, branches = self._inflight.pop(0)
+                self._continue(branches, self._open_after_tools(calls, fut.result()))
+            # idle engine: [] would end the run, so wait until a batch opens new turns or none is left in flight
+            if self._queue or not idle or not self._inflight:
+                break
             t0 = time.perf_counter()
             self._inflight[0][0].result()
             self.tool_wait_s += time.perf_counter() - t0  # time the engine stood still for tools
-        # collect finished tool batches in the order their turns ended (a later one may finish first)
-        while self._inflight and self._inflight[0][0].done():
-            fut, calls, branches = self._inflight.pop(0)
-            self._continue(branches, self._open_after_tools(calls, fut.result()))
         reqs = [Request(b.context, b.seed, self._budget(b), b) for b in self._queue]
         self._queue = []
         return reqs

@@ -343,3 +343,16 @@ def test_continuous_batching_decodes_while_tools_run(tiny, retriever):
     assert p["tool_wait_s"] == pytest.approx(p["tool_s"])  # a phase waits for its tools
     assert p["tool_s"] >= 3 * SlowToolEnv.delay
     assert c["tool_s"] >= 3 * SlowToolEnv.delay and c["tool_wait_s"] < 0.5 * c["tool_s"]
+
+
+def test_continuous_runner_refuses_an_engine_that_stops_early(tiny, scripted_env):
+    """Turns must never be dropped silently: an engine whose ``run`` returns before the scheduler ran dry is an
+    error naming what was left."""
+    model, tok = tiny
+
+    class Quitter(HFEngine):
+        def run(self, scheduler, params):
+            scheduler.next_requests(idle=False)  # takes the first turns, never samples them
+
+    with pytest.raises(RuntimeError, match="Quitter.run returned with"):
+        rollout(Quitter(model, tok), scripted_env, QUESTIONS, tree_cfg(batching="continuous"))
