@@ -172,15 +172,22 @@ def _same_turn_same_entropy(trees: list[TurnTree], entropy: np.ndarray, offsets:
     """``entropy`` [N] (stacked forest) with turns of identical full context (same prompt, earlier turns,
     observations and sampled tokens; e.g. two chains that opened alike) given the same H (their min).
 
-    In exact arithmetic such turns have identical H(n); the engine's log-probs differ by float noise (~1e-7) with
+    In exact arithmetic such turns have identical H(n); the engine's log-probs differ by float noise (~1e-5) with
     the batch layout, which would let the layout, not the tie-break key, decide between them. Different turns keep
-    their own estimates."""
+    their own estimates. Contexts are compared as classes built top-down — a node's class is (its parent's class,
+    its observation, its tokens) — so the cost is the tokens of the nodes, not of their whole contexts."""
     out = np.asarray(entropy, dtype=np.float64).copy()
     for tree, off in zip(trees, offsets):
+        cls = [0]  # per node: the class of its full context (parents come before their children)
         groups: dict[tuple, list[int]] = {}
-        for i in range(1, len(tree.nodes)):
-            groups.setdefault(tuple(tree.context_ids(i, include_gen=True)), []).append(off + i)
-        for idx in groups.values():
+        for i, node in enumerate(tree.nodes[1:], 1):
+            members = groups.setdefault((cls[node.parent], tuple(node.obs_ids), tuple(node.gen_ids)), [])
+            if not members:
+                members.append(len(groups))  # the class id, stored first
+            members.append(off + i)
+            cls.append(members[0])
+        for members in groups.values():
+            idx = members[1:]
             if len(idx) > 1:
                 out[idx] = out[idx].min()
     return out
