@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from at2po.agent.env import ToolResult
-from at2po.rollout.engine import Generation, Request, SamplingParams, cut
+from at2po.rollout.engine import Generation, Request, cut
 from at2po.rollout.phase import Branch, PhaseRunner, _Call
 
 
@@ -36,11 +36,8 @@ class ContinuousRunner(PhaseRunner):
         self._on_idle = on_idle
         # tool batches in flight, in the order their turns ended: (future, the calls, every branch of that step)
         self._inflight: list[tuple[Future[list[ToolResult]], list[_Call], list[Branch]]] = []
-        cfg, env = self.cfg, self.env
-        params = SamplingParams(
-            max_new_tokens=cfg.max_turn_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-            stop=tuple(env.stop_strings), stop_token_ids=tuple(env.stop_token_ids),
-        )
+        cfg = self.cfg
+        params = self._params(cfg.max_turn_tokens)  # each request carries its own budget
         t0, wait0 = time.perf_counter(), self.tool_wait_s
         self._tool_lock = threading.Lock()
         # batches of different steps run concurrently (a remote retriever's latency overlaps), each batch's calls

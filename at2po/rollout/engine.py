@@ -95,6 +95,15 @@ def validate_contexts(
     return ctxs
 
 
+def validate_requests(reqs: Sequence[Request], max_model_len: int, vocab_size: int, who: str) -> None:
+    """:func:`validate_contexts` on the requests' contexts (stored back as int lists), and ``max_new_tokens ≥ 1``;
+    ValueError naming the context index or the request's tag."""
+    for r, c in zip(reqs, validate_contexts([r.context for r in reqs], max_model_len, vocab_size, who)):
+        if r.max_new_tokens < 1:
+            raise ValueError(f"{who}: request {r.tag!r} has max_new_tokens={r.max_new_tokens} (must be ≥ 1)")
+        r.context = c
+
+
 class Engine(ABC):
     """A sampling engine. Implementations must be safe to call repeatedly with growing contexts."""
 

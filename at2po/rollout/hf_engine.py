@@ -41,7 +41,7 @@ from at2po.rollout.engine import (
     SamplingParams,
     Scheduler,
     sequence_seeds,
-    validate_contexts,
+    validate_requests,
 )
 from at2po.rollout.prefix_cache import KVEntry, PrefixCache
 from at2po.rollout.sampling import sample
@@ -123,27 +123,27 @@ class HFEngine(Engine):
     def generate(
         self, contexts: Sequence[Sequence[int]], params: SamplingParams, seeds: Sequence[int] | None = None
     ) -> list[Generation]:
-        t0 = time.perf_counter()
-        ctxs = validate_contexts(contexts, self.max_model_len, self.vocab_size, "HFEngine")
-        seeds = sequence_seeds(len(ctxs), params, seeds, "HFEngine")
-        batch = _AllAtOnce([Request(c, s, params.max_new_tokens, i) for i, (c, s) in enumerate(zip(ctxs, seeds))])
-        self._decode_loop(batch, params)
-        self._stats.calls += 1
-        self._stats.sequences += len(ctxs)
-        self._stats.wall_s += time.perf_counter() - t0
+        seeds = sequence_seeds(len(contexts), params, seeds, "HFEngine")
+        batch = _AllAtOnce([Request(c, s, params.max_new_tokens, i) for i, (c, s) in enumerate(zip(contexts, seeds))])
+        self._run(batch, params)  # contexts are validated there, all at once: errors name their index
         return batch.out  # type: ignore[return-value]
 
     def run(self, scheduler: Scheduler, params: SamplingParams) -> None:
         """Continuous batching (see :meth:`Engine.run`): requests join the running batch between decode steps
         (their prefix looked up in the prefix cache, their suffix prefilled, their key/values left-padded into the
         batch's), and each sequence is handed back at the step it ends."""
+        self._run(scheduler, params)
+
+    # --- internals ----------------------------------------------------------------------------------
+    def _run(self, scheduler: Scheduler, params: SamplingParams) -> None:
+        """The decode loop with the call's stats (``generate`` and ``run`` share it; a subclass may override
+        ``run`` with ``Engine.run``'s waves, which call ``generate``)."""
         t0 = time.perf_counter()
         n = self._decode_loop(scheduler, params)
         self._stats.calls += 1
         self._stats.sequences += n
         self._stats.wall_s += time.perf_counter() - t0
 
-    # --- internals ----------------------------------------------------------------------------------
     def _decode_loop(self, scheduler: Scheduler, params: SamplingParams) -> int:
         """Admit → sample → retire → decode, until the scheduler has nothing left. Returns the sequences run."""
         was_training = self.model.training  # the trainer may share this model: no dropout, keep the KV cache on
@@ -160,7 +160,7 @@ class HFEngine(Engine):
                 while True:
                     new = scheduler.next_requests(idle=live is None and not waiting)
                     if new:
-                        self._check(new)
+                        validate_requests(new, self.max_model_len, self.vocab_size, "HFEngine")
                         waiting.extend(new)
                         n_seq += len(new)
                     # a join costs one prefill forward, whatever its size: gather a few requests unless the batch is
@@ -212,12 +212,6 @@ class HFEngine(Engine):
                         live.next_pos = live.next_pos + 1
         finally:
             self.model.train(was_training)
-
-    def _check(self, reqs: list[Request]) -> None:
-        validate_contexts([r.context for r in reqs], self.max_model_len, self.vocab_size, "HFEngine")
-        for r in reqs:
-            if r.max_new_tokens < 1:
-                raise ValueError(f"HFEngine: request {r.tag!r} has max_new_tokens={r.max_new_tokens} (must be ≥ 1)")
 
     def _admit(self, live: _Live | None, waiting: deque[Request]) -> list[Request]:
         """Take waiting requests while the batch stays within ``max_batch_sequences`` sequences and

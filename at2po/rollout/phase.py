@@ -82,17 +82,21 @@ class PhaseRunner:
         used = len(b.context) - len(self.trees[b.tree].prompt_ids)
         return min(self.cfg.max_turn_tokens, self.cfg.max_response_tokens - used, self.engine.max_model_len - len(b.context))
 
-    def _generate(self, branches: list[Branch]) -> list[Generation]:
+    def _params(self, max_new_tokens: int) -> SamplingParams:
+        """The rollout's sampling settings (temperature, top-k/p, the env's stops) with this token budget."""
         cfg, env = self.cfg, self.env
+        return SamplingParams(
+            max_new_tokens=max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+            stop=tuple(env.stop_strings), stop_token_ids=tuple(env.stop_token_ids),
+        )
+
+    def _generate(self, branches: list[Branch]) -> list[Generation]:
+        cfg = self.cfg
         gens: list[Generation] = []
         seeds = [b.seed for b in branches]
         for lo in range(0, len(branches), cfg.max_concurrent_sequences):
             chunk = branches[lo : lo + cfg.max_concurrent_sequences]
-            params = SamplingParams(
-                max_new_tokens=max(self._budget(b) for b in chunk),
-                temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                stop=tuple(env.stop_strings), stop_token_ids=tuple(env.stop_token_ids),
-            )
+            params = self._params(max(self._budget(b) for b in chunk))
             gens.extend(self.engine.generate([b.context for b in chunk], params, seeds[lo : lo + len(chunk)]))
         # One call serves branches with different remaining budgets: cut each to its own (sampling is causal,
         # so the kept tokens and log-probs are exactly those a shorter call would have produced).

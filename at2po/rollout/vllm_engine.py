@@ -39,6 +39,7 @@ from at2po.rollout.engine import (
     Scheduler,
     sequence_seeds,
     validate_contexts,
+    validate_requests,
 )
 
 GiB = 1 << 30
@@ -250,10 +251,9 @@ class VLLMEngine(Engine):
             while True:
                 reqs = scheduler.next_requests(idle=not live)
                 if reqs:
-                    ctxs = validate_contexts([r.context for r in reqs], self.max_model_len, self.vocab_size, "VLLMEngine")
-                    for r, c in zip(reqs, ctxs):
-                        if r.max_new_tokens < 1:
-                            raise ValueError(f"VLLMEngine: request {r.tag!r} has max_new_tokens={r.max_new_tokens} (must be ≥ 1)")
+                    validate_requests(reqs, self.max_model_len, self.vocab_size, "VLLMEngine")
+                    for r in reqs:
+                        c = r.context
                         sp = self._vsp(params, r.seed, r.max_new_tokens, len(c))
                         sp.output_kind = RequestOutputKind.FINAL_ONLY  # nothing per step: only finished sequences
                         rid = f"at2po-{self._next_rid}"
