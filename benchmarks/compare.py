@@ -72,6 +72,15 @@ SIZES: dict[str, Size] = {
         max_turn_tokens=48, max_response_tokens=768, max_tool_calls=4, lr=2e-4, sft=(12, 3e-3, 8),
         budget=60_000, eval_every=6,
     ),
+    # cpu-small's model on a deeper world (10/20/30/40 % 1- to 4-hop questions; 4-hop needs 5 turns): longer
+    # trajectories, where a fork saves more of a chain (benchmarks/rollout_bench.py --policy sft-cpu-deep)
+    "cpu-deep": Size(
+        world=dict(n_train=400, n_test=90, n_sft=500, n_people=300, n_companies=60, hops=(0.1, 0.2, 0.3, 0.4),
+                   expert_noise=0.1, topk=2, max_obs_tokens=256),
+        arch=_ARCH_SMALL, vocab=4096, chains=6, tree=(4, 1, 4), batch_prompts=8, mini_batch_prompts=4,
+        max_turn_tokens=48, max_response_tokens=1024, max_tool_calls=5, lr=2e-4, sft=(12, 3e-3, 8),
+        budget=80_000, eval_every=6,
+    ),
     "cpu-medium": Size(
         world=dict(n_train=500, n_test=150, n_sft=500, hops=(0.3, 0.4, 0.3), expert_noise=0.1, topk=2, max_obs_tokens=256,
                    distractors=30),

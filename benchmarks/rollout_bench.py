@@ -1,12 +1,13 @@
 """Rollout benchmark on the synthetic world: entropy tree vs chains, prefix reuse, batching modes, engine vs
 ``model.generate``.
 
-    python benchmarks/rollout_bench.py [--prompts 4] [--policy sft-cpu-small|tiny|small] [--engine hf|vllm]
-        [--hops 3] [--tool-latency-ms 100] [--m 10 --l 2 --k 6] [--device cpu|cuda]
+    python benchmarks/rollout_bench.py [--prompts 4] [--policy sft-cpu-small|sft-cpu-deep|tiny|small]
+        [--engine hf|vllm] [--hops 3] [--tool-latency-ms 100] [--m 10 --l 2 --k 6] [--device cpu|cuda]
 
 1. the policy: ``sft-cpu-small`` (default) is benchmarks/compare.py's warm start on its world (0.86M parameters,
    SFT'd on the expert's demonstrations; it searches, and 35–45 % of its sampled answers are right; built once in ~6 min and
-   cached under ``--work-dir``); ``tiny`` / ``small`` are models of that size SFT'd here for ``--sft-steps`` (a
+   cached under ``--work-dir``); ``sft-cpu-deep`` is the same on compare.py's cpu-deep world (1- to 4-hop
+   questions: up to 5-turn trajectories); ``tiny`` / ``small`` are models of that size SFT'd here for ``--sft-steps`` (a
    weaker policy with many invalid turns; ``tiny``'s decode step costs about the same at any batch size);
 2. rolls out the same test prompts (the test set's hop mix, or ``--hops``) as an entropy-guided tree (M + L·K
    leaves) and as M + L·K independent chains, each with phase and with continuous batching
@@ -182,10 +183,11 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=6)
     ap.add_argument("--max-turn-tokens", type=int, default=96)
     ap.add_argument("--sft-steps", type=int, default=150)
-    ap.add_argument("--policy", choices=[*POLICY_SIZES, "sft-cpu-small"], default="sft-cpu-small",
+    ap.add_argument("--policy", choices=[*POLICY_SIZES, "sft-cpu-small", "sft-cpu-deep"], default="sft-cpu-small",
                     help="tiny / small: a model of that size SFT'd here for --sft-steps on this script's world; "
                          "sft-cpu-small: benchmarks/compare.py's cpu-small warm start (its world, env and SFT "
-                         "checkpoint, a policy that answers ~55%% of held-out questions; built once, ~6 min)")
+                         "checkpoint, a policy that answers ~55%% of held-out questions; built once, ~6 min); "
+                         "sft-cpu-deep: the same on compare.py's cpu-deep world (1- to 4-hop questions)")
     ap.add_argument("--work-dir", type=Path, default=Path("runs/bench"), help="compare.py's cache (sft-cpu-small)")
     ap.add_argument("--throughput-batch", type=int, default=16)
     ap.add_argument("--throughput-tokens", type=int, default=64)
@@ -211,14 +213,15 @@ def main() -> None:
     from at2po.rollout.hf_engine import HFEngine
 
     t0 = time.perf_counter()
-    if args.policy == "sft-cpu-small":
+    if args.policy.startswith("sft-"):
         from types import SimpleNamespace
 
         from compare import SIZES as GRID_SIZES
         from compare import build_shared
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        shared, grid = build_shared("cpu-small", args.work_dir), GRID_SIZES["cpu-small"]
+        grid_size = args.policy.removeprefix("sft-")
+        shared, grid = build_shared(grid_size, args.work_dir), GRID_SIZES[grid_size]
         world = SimpleNamespace(index=Path(shared["index"]), test=Path(shared["test"]))
         policy_dir = Path(shared["sft_model"])
         tok = AutoTokenizer.from_pretrained(policy_dir)
@@ -275,7 +278,7 @@ def main() -> None:
             if name not in runs or res.metrics["wall_s"] < runs[name].metrics["wall_s"]:
                 runs[name] = res
     keys = ["leaves", "generated_tokens", "prefill_tokens", "cached_tokens", "tool_calls", "invalid_turns", "turns_mean",
-            "response_tokens_mean", "reward_mean", "env/em", "phases", "decode_steps", "gen_s", "tool_s", "tool_wait_s", "wall_s"]
+            "response_tokens_mean", "reward_mean", "env/em", "phases", "decode_steps", "kv_read", "kv_live", "gen_s", "tool_s", "tool_wait_s", "wall_s"]
     hops = Counter(r.get("hops") for r in rows)
     print(f"\nengine={args.engine}, tool latency {args.tool_latency_ms:g} ms, {args.prompts} prompts (hops: {dict(sorted(hops.items(), key=str))}), tree M={args.m} L={args.l} K={args.k} ({leaves} leaves) vs {leaves} chains, device={args.device}")
     print(f"{'metric':>22} " + " ".join(f"{k:>14}" for k in runs))
@@ -325,6 +328,11 @@ def main() -> None:
     print(f"info.continuous_over_phase_wall_tree={tc['wall_s'] / t['wall_s']:.3f}")
     print(f"info.continuous_over_phase_wall_chain={cc['wall_s'] / c['wall_s']:.3f}")
     print(f"info.per_tree_over_lockstep_wall={runs['tree_per_tree'].metrics['wall_s'] / t['wall_s']:.3f}")
+    if c["kv_read"] > 0:  # HFEngine counts the key/values its decode forwards attend over
+        print(f"info.tree_over_chain_kv_read={t['kv_read'] / c['kv_read']:.3f}  # key/value columns read by decode "
+              f"steps (padding included): decode time follows this, not generated tokens alone")
+        print(f"info.tree_over_chain_kv_live={t['kv_live'] / c['kv_live']:.3f}  # the rows' true context lengths "
+              f"(a fork's tokens start deep, so each costs more attention than a chain's average token)")
     print(f"info.decode_step_cost_growth={ms_big / ms_small:.3f}  # step cost at batch {big_b} / at batch {small_b}")
 
 

@@ -1,5 +1,5 @@
 """A seeded synthetic multi-hop world: fictional countries, cities, people and companies, one short document per
-entity, and 1-, 2- and 3-hop questions whose answers need chained searches.
+entity, and 1- to 4-hop questions whose answers need chained searches.
 
 ``make_world(out_dir, seed, **knobs)`` writes (see ``WorldFiles``)::
 
@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from at2po.agent.datasets import write_jsonl
 from at2po.agent.world_names import NameGenerator
-from at2po.agent.world_schema import FACTS, QUESTIONS, RELATIONS
+from at2po.agent.world_schema import FACTS, MAX_HOPS, QUESTIONS, RELATIONS
 
 DATA_SOURCE = "world"
 
@@ -46,8 +46,9 @@ class WorldConfig(BaseModel):
     n_train: int = Field(500, ge=0)
     n_test: int = Field(100, ge=0)
     n_sft: int = Field(500, ge=0, description="expert demonstrations, on questions outside train and test")
-    # Fraction of 1-, 2- and 3-hop questions (normalised), the same in train and test.
-    hops: tuple[float, float, float] = (0.3, 0.4, 0.3)
+    # Weights of 1-, 2-, 3- (and, with a 4th weight, 4-) hop questions (normalised), the same in train and test.
+    # Three weights keep the default worlds byte-identical to the worlds made before 4-hop questions existed.
+    hops: tuple[float, ...] = (0.3, 0.4, 0.3)
     distractors: int = Field(0, ge=0, description="extra documents that mention entities but state no relation")
     name_similarity: float = Field(0.0, ge=0.0, le=1.0, description="prob. a name reuses/varies an earlier one")
     # Expert demonstrations (sft.jsonl): the fraction of demos with a deliberate mistake.
@@ -63,8 +64,9 @@ class WorldConfig(BaseModel):
         if self.n_people < self.n_companies + 1:
             raise ValueError(f"n_people ({self.n_people}) must exceed n_companies ({self.n_companies}): "
                              "every company has its own founder")
-        if any(h < 0 for h in self.hops) or sum(self.hops) <= 0:
-            raise ValueError(f"hops must be 3 non-negative weights with a positive sum, got {self.hops}")
+        if not 1 <= len(self.hops) <= MAX_HOPS or any(h < 0 for h in self.hops) or sum(self.hops) <= 0:
+            raise ValueError(f"hops must be 1 to {MAX_HOPS} non-negative weights (for 1-, 2-, ... hop questions) "
+                             f"with a positive sum, got {self.hops}")
         return self
 
 
@@ -211,11 +213,12 @@ def _split(
 ) -> tuple[list[Question], list[Question], list[Question]]:
     """Pick test questions first, then train and then SFT questions whose chain contains no test chain (so no test
     answer can be read off a train trajectory or a demonstration). Per-hop quotas follow ``cfg.hops``."""
-    pools: dict[int, list[Question]] = {h: [q for q in questions if q.hops == h] for h in (1, 2, 3)}
+    hop_counts = range(1, len(cfg.hops) + 1)
+    pools: dict[int, list[Question]] = {h: [q for q in questions if q.hops == h] for h in hop_counts}
     for h in pools:
         rng.shuffle(pools[h])
     test: list[Question] = []
-    for h, k in zip((1, 2, 3), _quotas(cfg.n_test, cfg.hops)):
+    for h, k in zip(hop_counts, _quotas(cfg.n_test, cfg.hops)):
         if k > len(pools[h]):
             raise ValueError(f"n_test asks for {k} {h}-hop questions but the world has {len(pools[h])}; "
                              "grow the world (n_people, n_companies, ...) or lower n_test")
@@ -225,7 +228,7 @@ def _split(
     ok = {h: [q for q in pools[h] if not (_segments(q) & test_chains)] for h in pools}
     train: list[Question] = []
     sft: list[Question] = []
-    for h, k, j in zip((1, 2, 3), _quotas(cfg.n_train, cfg.hops), _quotas(cfg.n_sft, cfg.hops)):
+    for h, k, j in zip(hop_counts, _quotas(cfg.n_train, cfg.hops), _quotas(cfg.n_sft, cfg.hops)):
         if k + j > len(ok[h]):
             raise ValueError(f"n_train + n_sft ask for {k + j} {h}-hop questions but only {len(ok[h])} do not overlap "
                              "a test chain; grow the world (n_people, n_companies, ...) or lower n_train / n_sft / n_test")

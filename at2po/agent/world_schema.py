@@ -61,7 +61,14 @@ QUESTIONS: dict[tuple[str, ...], str] = {
     ("works_for", "based_in", "in_country"): "In which country is the company that {x} works for based?",
     ("works_for", "founded_by", "born_in"): "In which city was the founder of the company that {x} works for born?",
     ("born_in", "in_country", "capital"): "What is the capital of the country where {x} was born?",
+    ("works_for", "founded_by", "born_in", "in_country"):
+        "In which country was the founder of the company that {x} works for born?",
+    ("works_for", "based_in", "in_country", "capital"):
+        "What is the capital of the country where the company that {x} works for is based?",
+    ("founded_by", "born_in", "in_country", "capital"): "What is the capital of the country where the founder of {x} was born?",
 }
+
+MAX_HOPS: int = max(len(path) for path in QUESTIONS)
 
 
 def _check_tables() -> None:

@@ -9,15 +9,18 @@ from typing import Optional
 
 import typer
 
+from at2po.agent.world_schema import MAX_HOPS
 
-def _parse_hops(hops: str) -> tuple[float, float, float]:
+
+def _parse_hops(hops: str) -> tuple[float, ...]:
     try:
         parts = tuple(float(x) for x in hops.split(","))
     except ValueError:
         parts = ()
-    if len(parts) != 3:
-        raise typer.BadParameter(f"--hops must be three comma-separated weights for 1,2,3 hops, got {hops!r}")
-    return parts  # type: ignore[return-value]
+    if not 1 <= len(parts) <= MAX_HOPS:
+        raise typer.BadParameter(f"--hops must be 1 to {MAX_HOPS} comma-separated weights for 1-, 2-, ... hop "
+                                 f"questions (e.g. 0.3,0.4,0.3 or 0.1,0.2,0.3,0.4), got {hops!r}")
+    return parts
 
 
 def make_world_cmd(
@@ -30,7 +33,7 @@ def make_world_cmd(
     n_train: Optional[int] = typer.Option(None, "--train", help="train questions [500]"),
     n_test: Optional[int] = typer.Option(None, "--test", help="test questions [100]"),
     n_sft: Optional[int] = typer.Option(None, "--sft", help="expert demonstrations, on other questions [500]"),
-    hops: Optional[str] = typer.Option(None, "--hops", help="weights of 1-,2-,3-hop questions [0.3,0.4,0.3]"),
+    hops: Optional[str] = typer.Option(None, "--hops", help="weights of 1-,2-,3-hop (and 4-hop, with a 4th weight) questions [0.3,0.4,0.3]"),
     distractors: Optional[int] = typer.Option(
         None, "--distractors", help="extra documents that mention entities but state no relation [0]"
     ),

@@ -220,6 +220,8 @@ def _metrics(trees: list[TurnTree], runner: PhaseRunner, engine: Engine, s0: dic
         "phases": float(len(runner.phases)),
         "wall_s": wall,
         "decode_steps": float(s1["decode_steps"] - s0["decode_steps"]),
+        "kv_read": float(s1["kv_read"] - s0["kv_read"]),
+        "kv_live": float(s1["kv_live"] - s0["kv_live"]),
         "gen_s": runner.gen_s,
         "tool_s": runner.tool_s,
         "tool_wait_s": runner.tool_wait_s,

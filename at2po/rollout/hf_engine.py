@@ -205,6 +205,8 @@ class HFEngine(Engine):
                         scheduler.finished(finished)
                     if live is not None:  # feed the sampled tokens: logits for the next step
                         live.mask = torch.cat([live.mask, live.mask.new_ones((len(live.reqs), 1))], dim=1)  # [B, W+1]
+                        self._stats.kv_read += live.mask.numel()
+                        self._stats.kv_live += sum(len(r.context) for r in live.reqs) + sum(map(len, live.gen))
                         live.logits = self.model(
                             input_ids=live.tok[:, None], attention_mask=live.mask, position_ids=live.next_pos[:, None],
                             **{self._cache_kw: live.cache}, use_cache=True,

@@ -84,6 +84,35 @@ def test_train_chains_never_contain_a_test_chain():
     assert len(sft) == 60 and not (train & test or train & sft or test & sft)
 
 
+def test_four_hop_questions_follow_the_documents_and_the_expert_solves_them(tmp_path):
+    """A 4th hop weight adds 4-hop questions (5-turn trajectories: 4 searches and an answer); their answers can be
+    read off the corpus and the noise-free expert solves every one with exactly 4 searches."""
+    files = make_world(tmp_path, seed=2, hops=(0, 0, 0, 1), expert_noise=0.0,
+                       **dict(SMALL, n_people=80, n_companies=20, n_train=40, n_test=10, n_sft=20))
+    docs = {d.title: d.text for d in read_corpus(files.corpus)}
+    rows = _rows(files.train) + _rows(files.test)
+    assert {r["hops"] for r in rows} == {4} and len(rows) == 50
+    for r in rows:
+        pq = parse_question(r["question"])
+        assert pq is not None and len(pq.path) == 4, r
+        entity = pq.head
+        for rel in pq.path:
+            entity = read_fact(rel, entity, docs[entity])
+        assert [entity] == r["golden_answers"]
+    assert files.stats["expert"]["solve_rate"] == 1.0 and files.stats["expert"]["searches_mean"] == 4.0
+
+
+def test_a_zero_fourth_weight_keeps_the_three_hop_world():
+    """Worlds made with three weights are the worlds made before 4-hop questions existed: the 4-hop pool is drawn
+    last, so a zero 4th weight leaves every question (and its order) as it was."""
+    three = generate_world(WorldConfig(seed=5, hops=(0.3, 0.4, 0.3), **SMALL))
+    four = generate_world(WorldConfig(seed=5, hops=(0.3, 0.4, 0.3, 0.0), **SMALL))
+    for a, b in ((three.train, four.train), (three.test, four.test), (three.sft, four.sft)):
+        assert [q.row() for q in a] == [q.row() for q in b]
+    mixed = generate_world(WorldConfig(seed=5, hops=(0.3, 0.4, 0.3, 0.5), **dict(SMALL, n_people=80, n_companies=20)))
+    assert {q.hops for q in mixed.test} == {1, 2, 3, 4}
+
+
 def test_every_entity_is_rank_one_for_its_name_with_hard_knobs(tmp_path):
     """The expert's query is an entity name; with similar names and many distractors it still gets that entity's
     own document first from the real BM25 index."""
@@ -124,6 +153,8 @@ def test_bad_knobs_are_rejected_with_the_knob_named():
         generate_world(WorldConfig(n_test=1000, **{k: v for k, v in SMALL.items() if k != "n_test"}))
     with pytest.raises(ValueError, match="unknown_knob"):
         WorldConfig(unknown_knob=1)
+    with pytest.raises(ValueError, match="hops must be 1 to 4"):
+        WorldConfig(hops=(1, 1, 1, 1, 1))
 
 
 _word = st.text(alphabet="abcdefghijklmnoprstuvz", min_size=3, max_size=7).map(str.capitalize)
@@ -159,3 +190,5 @@ def test_cli_make_world(tmp_path):
     assert len(_rows(tmp_path / "sft.jsonl")) == 30 and (tmp_path / "index").is_dir()
     bad = CliRunner().invoke(app, ["make-world", "--out", str(tmp_path / "x"), "--cities", "2"])
     assert bad.exit_code == 2 and "n_cities" in bad.output
+    bad = CliRunner().invoke(app, ["make-world", "--out", str(tmp_path / "y"), "--hops", "1,1,1,1,1"])
+    assert bad.exit_code == 2 and "--hops must be 1 to 4" in bad.output

@@ -36,6 +36,23 @@ def test_logprobs_match_teacher_forcing_for_ragged_batch(tiny, contexts):
     assert st.generated_tokens == sum(len(g.token_ids) for g in gens)
 
 
+def test_attention_work_counters(tiny, contexts):
+    """kv_live counts the key/values each decode forward really attends (a row of context L after j sampled tokens
+    attends L + j), kv_read the padded batch width: equal for equal lengths, larger for a ragged batch."""
+    model, tok = tiny
+    n = 6
+    eng = HFEngine(model, tok, prefix_cache=False, stop_at_eos=False)
+    gens = eng.generate(contexts, SamplingParams(max_new_tokens=n, seed=4))
+    assert all(len(g.token_ids) == n for g in gens)
+    st = eng.stats()
+    assert st.kv_live == sum(len(c) + j for c in contexts for j in range(1, n))  # no forward after the last sample
+    assert st.kv_read == len(contexts) * sum(max(map(len, contexts)) + j for j in range(1, n)) > st.kv_live
+    eng.reset_stats()
+    same = [contexts[0]] * 3
+    eng.generate(same, SamplingParams(max_new_tokens=n, seed=4))
+    assert eng.stats().kv_read == eng.stats().kv_live == 3 * sum(len(contexts[0]) + j for j in range(1, n))
+
+
 def test_prefix_reuse_prefills_only_the_new_suffix(tiny, contexts):
     model, tok = tiny
     eng = HFEngine(model, tok)
