@@ -188,7 +188,7 @@ def main() -> None:
                          "sft-cpu-small: benchmarks/compare.py's cpu-small warm start (its world, env and SFT "
                          "checkpoint, a policy that answers ~55%% of held-out questions; built once, ~6 min); "
                          "sft-cpu-deep: the same on compare.py's cpu-deep world (1- to 4-hop questions)")
-    ap.add_argument("--work-dir", type=Path, default=Path("runs/bench"), help="compare.py's cache (sft-cpu-small)")
+    ap.add_argument("--work-dir", type=Path, default=Path("runs/bench"), help="compare.py's cache (the sft-* policies)")
     ap.add_argument("--throughput-batch", type=int, default=16)
     ap.add_argument("--throughput-tokens", type=int, default=64)
     ap.add_argument("--throughput-model", choices=["policy", "smollm2"], default="policy")
