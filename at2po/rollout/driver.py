@@ -193,6 +193,15 @@ def _same_turn_same_entropy(trees: list[TurnTree], entropy: np.ndarray, offsets:
     return out
 
 
+# The metrics of ``_metrics`` that are totals over the rollout (they add up over several rollouts, e.g. DAPO's
+# extra generation batches); the others are rates or means.
+ADDITIVE_METRICS = frozenset({
+    "generated_tokens", "prefill_tokens", "cached_tokens", "tool_calls", "tool_errors", "invalid_turns",
+    "limit_hits", "turns", "leaves", "phases", "decode_steps", "kv_read", "kv_live", "wall_s", "gen_s", "tool_s",
+    "tool_wait_s",
+})
+
+
 def _metrics(trees: list[TurnTree], runner: PhaseRunner, engine: Engine, s0: dict[str, Any], wall: float) -> dict[str, float]:
     s1 = engine.stats().as_dict()
     leaves = [(tree, i) for tree in trees for i in tree.leaves()]

@@ -44,12 +44,6 @@ def apply_overlong_penalty(trees: list[TurnTree], max_len: int, buffer: int, pen
     return hit
 
 
-_ADDITIVE = frozenset({
-    "generated_tokens", "prefill_tokens", "cached_tokens", "tool_calls", "tool_errors", "invalid_turns",
-    "limit_hits", "turns", "leaves", "phases", "decode_steps", "wall_s", "gen_s", "tool_s", "tool_wait_s",
-})
-
-
 def collect(
     engine: Any,
     env: Any,
@@ -61,7 +55,7 @@ def collect(
     """Roll out ``n_prompts`` prompts (this process's share). With ``train.dynamic_sampling`` (DAPO), prompts
     whose leaves all have the same reward carry no signal: they are dropped and more prompts are rolled out, up
     to ``train.max_gen_batches`` rollout batches; the kept trees are truncated to ``n_prompts``."""
-    from at2po.rollout.driver import rollout
+    from at2po.rollout.driver import ADDITIVE_METRICS, rollout
 
     kept: list[TurnTree] = []
     totals: dict[str, float] = {}
@@ -71,7 +65,7 @@ def collect(
         rcfg = cfg.rollout.model_copy(update={"seed": seed + 7_919 * attempt})
         result = rollout(engine, env, next_examples(n_prompts), rcfg)
         for k, v in result.metrics.items():  # budgets add up over DAPO's extra batches; rates keep batch 1's
-            totals[k] = totals.get(k, 0.0) + float(v) if k in _ADDITIVE or k not in totals else totals[k]
+            totals[k] = totals.get(k, 0.0) + float(v) if k in ADDITIVE_METRICS or k not in totals else totals[k]
         trees = result.trees
         n_rolled += len(trees)
         equal = [bool(np.ptp(leaf_rewards(t)) == 0) if t.leaves() else True for t in trees]

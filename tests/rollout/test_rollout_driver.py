@@ -13,7 +13,7 @@ from at2po.agent.retrievers.bm25 import BM25Retriever
 from at2po.agent.search_env import EnvConfig, SearchEnv
 from at2po.core.expansion import expansion_scores
 from at2po.core.tree import TurnEnd, TurnTree
-from at2po.rollout.driver import RolloutConfig, rollout
+from at2po.rollout.driver import ADDITIVE_METRICS, RolloutConfig, rollout
 from at2po.rollout.engine import SamplingParams
 from at2po.rollout.hf_engine import HFEngine
 
@@ -58,6 +58,7 @@ def test_entropy_tree_has_m_plus_lk_leaves(tiny, scripted_env):
             if src != 0:
                 assert n.parent == tree.nodes[src].parent and n.obs_ids == tree.nodes[src].obs_ids
     m = res.metrics
+    assert ADDITIVE_METRICS <= set(m)  # the totals summed over DAPO's extra batches are all reported
     assert m["leaves"] == len(QUESTIONS) * (cfg.m + cfg.l * cfg.k)
     assert m["tool_calls"] > 0 and m["generated_tokens"] > 0 and m["turns_mean"] > 1
     assert m["prefill_tokens"] + m["cached_tokens"] > m["prefill_tokens"] > 0
