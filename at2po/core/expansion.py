@@ -113,7 +113,7 @@ def select_nodes_forest(
     if mode == "entropy":
         key = -expansion_scores(parent, entropy, alpha)
     else:  # a random permutation within each tree
-        key, tie = (keys, tie) if keys is not None else (_rng(rng).random(parent.size), tie)
+        key = keys if keys is not None else _rng(rng).random(parent.size)
     cand = np.flatnonzero(cand_mask)
     out = np.full((n_trees, k), -1, dtype=np.int64)
     if cand.size == 0 or k == 0:

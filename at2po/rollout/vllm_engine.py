@@ -245,7 +245,7 @@ class VLLMEngine(Engine):
         eng = self.llm.llm_engine
         if eng.has_unfinished_requests():
             raise RuntimeError("VLLMEngine.run: the vLLM engine still has requests in flight")
-        live: dict[str, tuple[Request, list[int]]] = {}
+        live: dict[str, Request] = {}
         n = 0
         try:
             while True:
@@ -253,13 +253,12 @@ class VLLMEngine(Engine):
                 if reqs:
                     validate_requests(reqs, self.max_model_len, self.vocab_size, "VLLMEngine")
                     for r in reqs:
-                        c = r.context
-                        sp = self._vsp(params, r.seed, r.max_new_tokens, len(c))
+                        sp = self._vsp(params, r.seed, r.max_new_tokens, len(r.context))
                         sp.output_kind = RequestOutputKind.FINAL_ONLY  # nothing per step: only finished sequences
                         rid = f"at2po-{self._next_rid}"
                         self._next_rid += 1
-                        eng.add_request(rid, {"prompt_token_ids": c}, sp)
-                        live[rid] = (r, c)
+                        eng.add_request(rid, {"prompt_token_ids": r.context}, sp)
+                        live[rid] = r
                     n += len(reqs)
                 if not live:
                     break
@@ -268,8 +267,8 @@ class VLLMEngine(Engine):
                 outs.sort(key=lambda o: int(o.request_id.rsplit("-", 1)[1]))  # a deterministic order
                 done = []
                 for o in outs:
-                    r, c = live.pop(o.request_id)
-                    done.append((r, self._generation(c, o)))
+                    r = live.pop(o.request_id)
+                    done.append((r, self._generation(r.context, o)))
                 if done:
                     scheduler.finished(done)
         except BaseException:
