@@ -98,6 +98,27 @@ def build_policy(out: Path, world, steps: int, seed: int, device: str, window: i
     return AutoModelForCausalLM.from_pretrained(pol).to(device).eval(), tok
 
 
+def load_sft_policy(policy: str, work_dir: Path, device: str = "cpu"):
+    """compare.py's warm start ``policy`` (``sft-cpu-small`` / ``sft-cpu-deep``, built once and cached under
+    ``work_dir``): (world paths ``.index``/``.test``, checkpoint dir, model, tokenizer, the grid's ``EnvConfig``)."""
+    from types import SimpleNamespace
+
+    from compare import SIZES, build_shared
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from at2po.agent.search_env import EnvConfig
+
+    size = policy.removeprefix("sft-")
+    shared, grid = build_shared(size, work_dir), SIZES[size]
+    world = SimpleNamespace(index=Path(shared["index"]), test=Path(shared["test"]))
+    policy_dir = Path(shared["sft_model"])
+    tok = AutoTokenizer.from_pretrained(policy_dir)
+    model = AutoModelForCausalLM.from_pretrained(policy_dir).to(device).eval()
+    env_cfg = EnvConfig(topk=grid.world["topk"], max_obs_tokens=grid.world["max_obs_tokens"],
+                        max_tool_calls=grid.max_tool_calls)
+    return world, policy_dir, model, tok, env_cfg
+
+
 def pick_rows(rows: list[dict], n: int) -> list[dict]:
     """``n`` test rows with the test set's hop mix (largest remainder over the ``hops`` groups, first rows of each
     group, interleaved). The test file is grouped by hops, so its first rows are all 1-hop questions: two-turn
@@ -214,20 +235,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     if args.policy.startswith("sft-"):
-        from types import SimpleNamespace
-
-        from compare import SIZES as GRID_SIZES
-        from compare import build_shared
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        grid_size = args.policy.removeprefix("sft-")
-        shared, grid = build_shared(grid_size, args.work_dir), GRID_SIZES[grid_size]
-        world = SimpleNamespace(index=Path(shared["index"]), test=Path(shared["test"]))
-        policy_dir = Path(shared["sft_model"])
-        tok = AutoTokenizer.from_pretrained(policy_dir)
-        model = AutoModelForCausalLM.from_pretrained(policy_dir).to(args.device).eval()
-        env_cfg = EnvConfig(topk=grid.world["topk"], max_obs_tokens=grid.world["max_obs_tokens"],
-                            max_tool_calls=grid.max_tool_calls)
+        world, policy_dir, model, tok, env_cfg = load_sft_policy(args.policy, args.work_dir, args.device)
     else:
         world = make_world(args.out / "world", seed=args.seed)
         model, tok = build_policy(args.out, world, args.sft_steps, args.seed, args.device, size=args.policy)

@@ -1,0 +1,143 @@
+"""Where a rollout's time goes: model forward time (decode steps and prefills) of the entropy tree and of the
+chains, the fixed cost of one decode forward, and — when tree rollouts with and without prefix reuse differ —
+whether that is float noise.
+
+    python benchmarks/rollout_profile.py [--policy sft-cpu-deep] [--prompts 16] [--hops 4]
+
+Uses ``rollout_bench.py``'s warm starts and prompt picking (``--policy sft-cpu-small|sft-cpu-deep``). It answers
+why tree/chain wall time stays above tree/chain generated tokens (README, Rollouts): decode forwards of the tree
+and the chains cost about the same, because a fork's tokens attend over deep contexts (``kv_live``/``kv_read``).
+Times are wall-clock around ``model.forward`` (CPU: exact; CUDA would need a synchronize, so run it on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from rollout_bench import load_sft_policy, pick_rows, timed_rollout
+
+
+def forward_timer(model) -> dict[str, float]:
+    """Wrap ``model.forward``: accumulate seconds and calls of decode forwards (one new token per row) and of
+    prefills (several) into the returned dict."""
+    acc = {"decode_s": 0.0, "decode_calls": 0, "prefill_s": 0.0, "prefill_calls": 0}
+    inner = model.forward
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = inner(*args, **kwargs)
+        kind = "decode" if kwargs["input_ids"].shape[1] == 1 else "prefill"
+        acc[f"{kind}_s"] += time.perf_counter() - t0
+        acc[f"{kind}_calls"] += 1
+        return out
+
+    model.forward = timed
+    return acc
+
+
+def step_cost_ms(model, batch: int, width: int, reps: int = 40) -> float:
+    """Median ms of one decode forward (one token per row, ``width`` cached columns) at ``batch`` rows."""
+    from transformers import DynamicCache
+
+    from at2po.rollout.slab_cache import SlabCache
+
+    vocab = int(model.config.vocab_size)
+    with torch.inference_mode():
+        cache = DynamicCache()
+        model(input_ids=torch.randint(0, vocab, (batch, width)), use_cache=True, past_key_values=cache)
+        slab = SlabCache(cache, rows_cap=batch, right=reps + 1)
+        mask = torch.ones(batch, width, dtype=torch.long)
+        tok = torch.randint(0, vocab, (batch, 1))
+        times = []
+        for i in range(reps):
+            mask = torch.cat([mask, mask.new_ones(batch, 1)], 1)
+            t0 = time.perf_counter()
+            model(input_ids=tok, attention_mask=mask, position_ids=torch.full((batch, 1), width + i),
+                  past_key_values=slab, use_cache=True)
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[reps // 2] * 1e3
+
+
+def first_difference(model, a, b) -> str:
+    """The first token where two rollouts' trees differ, with both picks' probabilities and how far each run's
+    log-probs before it are from teacher forcing (float noise: both tiny, and the picks neighbours in the CDF)."""
+    for ti, (ta, tb) in enumerate(zip(a.trees, b.trees)):
+        for i, (na, nb) in enumerate(zip(ta.nodes, tb.nodes)):
+            if na.gen_ids == nb.gen_ids:
+                continue
+            j = next((k for k, (x, y) in enumerate(zip(na.gen_ids, nb.gen_ids)) if x != y), min(len(na.gen_ids), len(nb.gen_ids)))
+            ctx = ta.context_ids(i, include_gen=False)
+            with torch.no_grad():
+                lp = torch.log_softmax(model(torch.tensor([ctx + na.gen_ids[:j + 1]])).logits[0].float(), -1)  # [T, V]
+            tf = [float(lp[len(ctx) - 1 + k, t]) for k, t in enumerate(na.gen_ids[:j])]
+            dev_a = max((abs(x - y) for x, y in zip(tf, na.gen_logprobs[:j])), default=0.0)
+            dev_b = max((abs(x - y) for x, y in zip(tf, nb.gen_logprobs[:j])), default=0.0)
+            p = lp[len(ctx) - 1 + j].exp()
+            pick = lambda n: f"{n.gen_ids[j]} (p={float(p[n.gen_ids[j]]):.4g})" if j < len(n.gen_ids) else "end"  # noqa: E731
+            return (f"tree {ti} node {i} token {j}: with reuse {pick(na)}, without {pick(nb)}; max |log-prob − teacher "
+                    f"forcing| before it: with reuse {dev_a:.2e}, without {dev_b:.2e}")
+    return "identical"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--policy", choices=["sft-cpu-small", "sft-cpu-deep"], default="sft-cpu-deep")
+    ap.add_argument("--work-dir", type=Path, default=Path("runs/bench"), help="compare.py's cache")
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--hops", type=lambda v: [int(x) for x in v.split(",")], default=None)
+    ap.add_argument("--m", type=int, default=10)
+    ap.add_argument("--l", type=int, default=2)
+    ap.add_argument("--k", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from at2po.agent.env import QAExample
+    from at2po.agent.retrievers.bm25 import BM25Retriever
+    from at2po.agent.search_env import SearchEnv
+    from at2po.rollout.driver import RolloutConfig
+    from at2po.rollout.hf_engine import HFEngine
+
+    world, _, model, tok, env_cfg = load_sft_policy(args.policy, args.work_dir)
+    env = SearchEnv(tok, BM25Retriever.load(world.index), env_cfg)
+    rows = [json.loads(line) for line in open(world.test, encoding="utf-8")]
+    if args.hops:
+        rows = [r for r in rows if r.get("hops") in args.hops]
+    examples = [QAExample(r["question"], r["golden_answers"], id=r["id"]) for r in pick_rows(rows, args.prompts)]
+    base = dict(max_turn_tokens=96, max_response_tokens=2048, seed=0, max_concurrent_sequences=256)
+    leaves = args.m + args.l * args.k
+    configs = {"tree": RolloutConfig(mode="tree", m=args.m, l=args.l, k=args.k, **base),
+               "chain": RolloutConfig(mode="chain", n=leaves, **base)}
+    eng = HFEngine(model, tok, max_batch_sequences=256)
+    timed_rollout(eng, env, examples[:2], RolloutConfig(mode="chain", n=2, **base))  # warm-up
+    plain_forward = model.forward
+    acc = forward_timer(model)
+    print(f"{args.policy}, {len(examples)} prompts, tree M={args.m} L={args.l} K={args.k} vs {leaves} chains")
+    res = {}
+    for name, cfg in configs.items():
+        for key in acc:
+            acc[key] = 0
+        res[name] = timed_rollout(eng, env, examples, cfg)
+        m = res[name].metrics
+        print(f"{name:>6}: wall {m['wall_s']:.2f} s, generated tokens {m['generated_tokens']:.0f}, decode steps "
+              f"{m['decode_steps']:.0f}, kv_live {m['kv_live'] / 1e6:.1f}M, kv_read {m['kv_read'] / 1e6:.1f}M | model "
+              f"forward: decode {acc['decode_s']:.2f} s, prefill {acc['prefill_s']:.2f} s ({acc['prefill_calls']} "
+              f"calls) | rest {m['wall_s'] - acc['decode_s'] - acc['prefill_s']:.2f} s", flush=True)
+    model.forward = plain_forward
+    t, c = res["tree"].metrics, res["chain"].metrics
+    print(f"tree/chain: tokens {t['generated_tokens'] / c['generated_tokens']:.3f}, wall {t['wall_s'] / c['wall_s']:.3f}, "
+          f"kv_live {t['kv_live'] / c['kv_live']:.3f}, kv_read {t['kv_read'] / c['kv_read']:.3f}")
+    width = int(round(c["kv_live"] / max(1.0, c["generated_tokens"])))
+    costs = {b: step_cost_ms(model, b, width) for b in (1, 8, 32, 128)}
+    print(f"decode forward at {width} cached columns: " + ", ".join(f"batch {b}: {ms:.2f} ms" for b, ms in costs.items()))
+    no_reuse = timed_rollout(HFEngine(model, tok, prefix_cache=False, max_batch_sequences=256), env, examples, configs["tree"])
+    print(f"tree with vs without prefix reuse: {first_difference(model, res['tree'], no_reuse)}")
+    env.close()
+
+
+if __name__ == "__main__":
+    main()
