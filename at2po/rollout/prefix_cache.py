@@ -72,11 +72,14 @@ class PrefixCache:
         self._entries.move_to_end(eid)
         return int(lcp[r]), self._entries[eid][0]
 
-    def insert(self, entry: KVEntry) -> None:
-        """Store ``entry``; entries that are prefixes of it are dropped (it serves every lookup they could)."""
+    def insert(self, entry: KVEntry) -> int:
+        """Store ``entry``; entries that are prefixes of it are dropped (it serves every lookup they could).
+        Returns the tokens evicted (least recently used entries) to stay within ``max_tokens``."""
         n = len(entry.tokens)
-        if n == 0 or n > self.max_tokens:
-            return
+        if n == 0:
+            return 0
+        if n > self.max_tokens:
+            return n
         if self._entries:
             lcp = self._lcp(entry.tokens)
             for r in np.flatnonzero((lcp == self._lens) & (self._lens > 0)):
@@ -96,13 +99,16 @@ class PrefixCache:
         self._row_owner[r] = self._next_id
         self._next_id += 1
         self.tokens += n
+        evicted = 0
         while self.tokens > self.max_tokens:
-            self._drop(next(iter(self._entries)))
+            evicted += self._drop(next(iter(self._entries)))
+        return evicted
 
-    def _drop(self, eid: int) -> None:
+    def _drop(self, eid: int) -> int:
         entry, r = self._entries.pop(eid)
         self.tokens -= len(entry.tokens)
         self._matrix[r, : len(entry.tokens)] = -1
         self._lens[r] = 0
         self._free.append(r)
         del self._row_owner[r]
+        return len(entry.tokens)

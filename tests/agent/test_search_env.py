@@ -177,6 +177,34 @@ def test_observe_never_exceeds_budget(tok, bm25, budget, text):
     assert obs.startswith("\n\n<result>\n") and obs.endswith("\n</result>\n\n")
 
 
+class CountingTokenizer:
+    """Delegates to a tokenizer and counts its encode calls."""
+
+    def __init__(self, tok):
+        self.tok, self.calls = tok, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.tok(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+def test_observation_is_tokenised_once(tok, bm25):
+    counting = CountingTokenizer(tok)
+    env = SearchEnv(counting, bm25, EnvConfig(max_obs_tokens=200))
+    obs = env.observe([Passage(id="p", title="Paris", text=DOCS[0].text)])
+    before = counting.calls
+    ids = env.observation_ids(obs)
+    assert counting.calls == before  # the ids observe() computed to fit the budget
+    assert ids == tok(obs, add_special_tokens=False)["input_ids"]
+    ids.append(0)  # callers get their own list
+    assert env.observation_ids(obs) == tok(obs, add_special_tokens=False)["input_ids"]
+    other = format_observation("Berlin.")
+    assert env.observation_ids(other) == tok(other, add_special_tokens=False)["input_ids"]  # never observed
+
+
 def test_token_in_token_out_concatenation(env, tok):
     # prompt ids + sampled turn ids + standalone observation ids decode to exactly the text the model saw
     turn = format_search_turn("Need the capital.", "capital of France")

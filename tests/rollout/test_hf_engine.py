@@ -72,6 +72,26 @@ def test_prefix_reuse_prefills_only_the_new_suffix(tiny, contexts):
         assert max(abs(a - b) for a, b in zip(ref, g.logprobs)) < 1e-4
 
 
+def test_identical_contexts_are_prefilled_once(tiny, contexts):
+    """The n chains of a prompt arrive together with the same context: one prefill serves them all, and each still
+    samples from its own stream exactly as without sharing."""
+    model, tok = tiny
+    batch = [contexts[0], contexts[1], contexts[0], contexts[0], contexts[1]]
+    seeds = [1, 2, 3, 4, 5]
+    p = SamplingParams(max_new_tokens=12, temperature=1.0)
+    eng = HFEngine(model, tok)
+    shared = eng.generate(batch, p, seeds=seeds)
+    st = eng.stats()
+    assert st.prefill_tokens == len(contexts[0]) + len(contexts[1])
+    assert st.cached_tokens == sum(map(len, batch)) - st.prefill_tokens
+    alone = HFEngine(model, tok, prefix_cache=False).generate(batch, p, seeds=seeds)
+    assert [g.token_ids for g in shared] == [g.token_ids for g in alone]
+    assert len({tuple(g.token_ids) for g in shared}) > 2  # own streams: the copies did not sample alike
+    for ctx, g in zip(batch, shared):
+        ref = teacher_forced_logprobs(model, ctx, g.token_ids)
+        assert max(abs(a - b) for a, b in zip(ref, g.logprobs)) < 1e-4
+
+
 def test_seeded_sampling_is_deterministic_and_independent_of_batch(tiny, contexts):
     model, tok = tiny
     p = SamplingParams(max_new_tokens=16, seed=7)

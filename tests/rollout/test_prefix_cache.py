@@ -34,11 +34,11 @@ def test_lookup_is_the_longest_common_prefix(stored, query):
 def test_supersede_and_lru_bound():
     cache = PrefixCache(max_tokens=10)
     cache.insert(entry([1, 2, 3]))
-    cache.insert(entry([1, 2, 3, 4, 5]))  # extends the first: the first is dropped
+    assert cache.insert(entry([1, 2, 3, 4, 5])) == 0  # extends the first: the first is dropped, not evicted
     assert len(cache) == 1 and cache.tokens == 5
     cache.insert(entry([7, 8, 9]))
     cache.lookup(np.array([1, 2, 3, 4, 5, 6]), 5)  # touch the first entry
-    cache.insert(entry([4, 4, 4]))  # 11 tokens > 10: the least recently used ([7, 8, 9]) goes
+    assert cache.insert(entry([4, 4, 4])) == 3  # 11 tokens > 10: the least recently used ([7, 8, 9]) goes
     assert cache.tokens == 8 and cache.lookup(np.array([7, 8, 9, 9]), 3) == (0, None)
     assert cache.lookup(np.array([1, 2, 3, 4, 5, 6]), 5)[0] == 5
 
@@ -51,15 +51,19 @@ class NaiveCache:
 
         self.max_tokens, self.entries, self.tokens = max_tokens, OrderedDict(), 0
 
-    def insert(self, toks: tuple[int, ...]) -> None:
+    def insert(self, toks: tuple[int, ...]) -> int:
         if not toks or len(toks) > self.max_tokens:
-            return
+            return len(toks)
         for k in [k for k in self.entries if len(k) <= len(toks) and toks[: len(k)] == k]:
             self.tokens -= len(self.entries.pop(k))
         self.entries[toks] = toks
         self.tokens += len(toks)
+        evicted = 0
         while self.tokens > self.max_tokens:
-            self.tokens -= len(self.entries.popitem(last=False)[1])
+            n = len(self.entries.popitem(last=False)[1])
+            self.tokens -= n
+            evicted += n
+        return evicted
 
     def lookup(self, q: tuple[int, ...], limit: int) -> int:
         best, key = 0, None
@@ -82,8 +86,7 @@ def test_matches_the_naive_cache_through_growth_and_eviction(inserts, queries, m
     equally long matches a lookup touches is an implementation detail that steers later LRU evictions.)"""
     cache, ref = PrefixCache(max_tokens=max_tokens), NaiveCache(max_tokens)
     for toks in inserts:
-        cache.insert(entry(toks))
-        ref.insert(tuple(toks))
+        assert cache.insert(entry(toks)) == ref.insert(tuple(toks))
         assert cache.tokens == ref.tokens and len(cache) == len(ref.entries)
     for toks in queries:
         q = np.asarray(toks, dtype=np.int64)
