@@ -1,5 +1,5 @@
-"""Where a rollout's time goes: model forward time (decode steps and prefills) of the entropy tree and of the
-chains, the fixed cost of one decode forward, and — when tree rollouts with and without prefix reuse differ —
+"""Where a rollout's time goes: model forward time (decode steps and prefills, and the attention kernel's share of
+each) of the entropy tree and of the chains, the fixed cost of one decode forward, and — when tree rollouts with and without prefix reuse differ —
 whether that is float noise.
 
     python benchmarks/rollout_profile.py [--policy sft-cpu-deep] [--prompts 16] [--hops 4]
@@ -23,19 +23,30 @@ from rollout_bench import load_sft_policy, pick_rows, timed_rollout
 
 def forward_timer(model) -> dict[str, float]:
     """Wrap ``model.forward``: accumulate seconds and calls of decode forwards (one new token per row) and of
-    prefills (several) into the returned dict."""
-    acc = {"decode_s": 0.0, "decode_calls": 0, "prefill_s": 0.0, "prefill_calls": 0}
-    inner = model.forward
+    prefills (several) into the returned dict, and the seconds spent inside attention (torch's
+    ``scaled_dot_product_attention``, which transformers' sdpa attention calls) within each kind."""
+    acc = {"decode_s": 0.0, "decode_calls": 0, "prefill_s": 0.0, "prefill_calls": 0, "decode_attn_s": 0.0,
+           "prefill_attn_s": 0.0}
+    inner, sdpa = model.forward, torch.nn.functional.scaled_dot_product_attention
+    kind = ["decode"]
 
     def timed(*args, **kwargs):
+        kind[0] = "decode" if kwargs["input_ids"].shape[1] == 1 else "prefill"
         t0 = time.perf_counter()
         out = inner(*args, **kwargs)
-        kind = "decode" if kwargs["input_ids"].shape[1] == 1 else "prefill"
-        acc[f"{kind}_s"] += time.perf_counter() - t0
-        acc[f"{kind}_calls"] += 1
+        acc[f"{kind[0]}_s"] += time.perf_counter() - t0
+        acc[f"{kind[0]}_calls"] += 1
+        return out
+
+    def timed_sdpa(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = sdpa(*args, **kwargs)
+        acc[f"{kind[0]}_attn_s"] += time.perf_counter() - t0
         return out
 
     model.forward = timed
+    torch.nn.functional.scaled_dot_product_attention = timed_sdpa
+    acc["_restore"] = lambda: setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa)  # type: ignore[assignment]
     return acc
 
 
@@ -120,14 +131,16 @@ def main() -> None:
     res = {}
     for name, cfg in configs.items():
         for key in acc:
-            acc[key] = 0
+            if key != "_restore":
+                acc[key] = 0
         res[name] = timed_rollout(eng, env, examples, cfg)
         m = res[name].metrics
         print(f"{name:>6}: wall {m['wall_s']:.2f} s, generated tokens {m['generated_tokens']:.0f}, decode steps "
               f"{m['decode_steps']:.0f}, kv_live {m['kv_live'] / 1e6:.1f}M, kv_read {m['kv_read'] / 1e6:.1f}M | model "
-              f"forward: decode {acc['decode_s']:.2f} s, prefill {acc['prefill_s']:.2f} s ({acc['prefill_calls']} "
-              f"calls) | rest {m['wall_s'] - acc['decode_s'] - acc['prefill_s']:.2f} s", flush=True)
+              f"forward: decode {acc['decode_s']:.2f} s (attention {acc['decode_attn_s']:.2f} s), prefill "
+              f"{acc['prefill_s']:.2f} s ({acc['prefill_calls']} calls; attention {acc['prefill_attn_s']:.2f} s) | rest {m['wall_s'] - acc['decode_s'] - acc['prefill_s']:.2f} s", flush=True)
     model.forward = plain_forward
+    acc["_restore"]()
     t, c = res["tree"].metrics, res["chain"].metrics
     print(f"tree/chain: tokens {t['generated_tokens'] / c['generated_tokens']:.3f}, wall {t['wall_s'] / c['wall_s']:.3f}, "
           f"kv_live {t['kv_live'] / c['kv_live']:.3f}, kv_read {t['kv_read'] / c['kv_read']:.3f}")
