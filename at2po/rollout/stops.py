@@ -2,8 +2,8 @@
 complete a stop string.
 
 A stop string may straddle tokens (``</search>`` split as ``</`` + ``search>``), so the check decodes the last few
-tokens of a row and looks for the string in that text. Decoding every row's tail at every step costs ~5 % of a
-rollout; but a stop string that newly appears in the tail ends with a character the newest token added, so only
+tokens of a row and looks for the string in that text. Decoding every row's tail at every step is a tokenizer
+call per row per step (~1 % of a rollout of the 0.9M-parameter benchmark policy); but a stop string that newly appears in the tail ends with a character the newest token added, so only
 tokens whose own text can carry that last character need the check (:func:`stop_candidates`):
 
 * its decoded text contains the last character of some stop string (``>`` for ``</search>``);
@@ -28,12 +28,10 @@ def stop_candidates(tokenizer: Any, stops: Sequence[str], vocab_size: int) -> to
     lasts = {s[-1] for s in stops if s}
     if not lasts or any(c.isspace() for c in lasts):
         return None
-    mask = torch.ones(vocab_size, dtype=torch.bool)  # [V]
     n = min(vocab_size, len(tokenizer))
     texts = tokenizer.batch_decode([[i] for i in range(n)])  # each token by itself
-    for i, text in enumerate(texts):
-        mask[i] = text == "" or "\ufffd" in text or any(c in text for c in lasts)
-    return mask
+    can = [text == "" or "\ufffd" in text or any(c in text for c in lasts) for text in texts]
+    return torch.tensor(can + [True] * (vocab_size - n), dtype=torch.bool)  # [V]
 
 
 class StopChecker:
