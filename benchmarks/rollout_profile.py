@@ -1,6 +1,6 @@
 """Where a rollout's time goes: model forward time (decode steps and prefills, and the attention kernel's share of
-each) of the entropy tree and of the chains, the fixed cost of one decode forward, and — when tree rollouts with and without prefix reuse differ —
-whether that is float noise.
+each) of the entropy tree and of the chains, the fixed cost of one decode forward, and — when tree rollouts with
+and without prefix reuse differ — whether that is float noise.
 
     python benchmarks/rollout_profile.py [--policy sft-cpu-deep] [--prompts 16] [--hops 4]
 
@@ -15,16 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from rollout_bench import load_sft_policy, pick_rows, timed_rollout
 
 
-def forward_timer(model) -> dict[str, float]:
+def forward_timer(model) -> tuple[dict[str, float], Callable[[], None]]:
     """Wrap ``model.forward``: accumulate seconds and calls of decode forwards (one new token per row) and of
     prefills (several) into the returned dict, and the seconds spent inside attention (torch's
-    ``scaled_dot_product_attention``, which transformers' sdpa attention calls) within each kind."""
+    ``scaled_dot_product_attention``, which transformers' sdpa attention calls) within each kind. Returns the dict
+    and a function that unwraps both."""
     acc = {"decode_s": 0.0, "decode_calls": 0, "prefill_s": 0.0, "prefill_calls": 0, "decode_attn_s": 0.0,
            "prefill_attn_s": 0.0}
     inner, sdpa = model.forward, torch.nn.functional.scaled_dot_product_attention
@@ -44,10 +46,13 @@ def forward_timer(model) -> dict[str, float]:
         acc[f"{kind[0]}_attn_s"] += time.perf_counter() - t0
         return out
 
+    def restore() -> None:
+        model.forward = inner
+        torch.nn.functional.scaled_dot_product_attention = sdpa
+
     model.forward = timed
     torch.nn.functional.scaled_dot_product_attention = timed_sdpa
-    acc["_restore"] = lambda: setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa)  # type: ignore[assignment]
-    return acc
+    return acc, restore
 
 
 def step_cost_ms(model, batch: int, width: int, reps: int = 40) -> float:
@@ -125,22 +130,20 @@ def main() -> None:
                "chain": RolloutConfig(mode="chain", n=leaves, **base)}
     eng = HFEngine(model, tok, max_batch_sequences=256)
     timed_rollout(eng, env, examples[:2], RolloutConfig(mode="chain", n=2, **base))  # warm-up
-    plain_forward = model.forward
-    acc = forward_timer(model)
+    acc, restore = forward_timer(model)
     print(f"{args.policy}, {len(examples)} prompts, tree M={args.m} L={args.l} K={args.k} vs {leaves} chains")
     res = {}
     for name, cfg in configs.items():
         for key in acc:
-            if key != "_restore":
-                acc[key] = 0
+            acc[key] = 0
         res[name] = timed_rollout(eng, env, examples, cfg)
         m = res[name].metrics
         print(f"{name:>6}: wall {m['wall_s']:.2f} s, generated tokens {m['generated_tokens']:.0f}, decode steps "
               f"{m['decode_steps']:.0f}, kv_live {m['kv_live'] / 1e6:.1f}M, kv_read {m['kv_read'] / 1e6:.1f}M | model "
               f"forward: decode {acc['decode_s']:.2f} s (attention {acc['decode_attn_s']:.2f} s), prefill "
-              f"{acc['prefill_s']:.2f} s ({acc['prefill_calls']} calls; attention {acc['prefill_attn_s']:.2f} s) | rest {m['wall_s'] - acc['decode_s'] - acc['prefill_s']:.2f} s", flush=True)
-    model.forward = plain_forward
-    acc["_restore"]()
+              f"{acc['prefill_s']:.2f} s ({acc['prefill_calls']} calls; attention {acc['prefill_attn_s']:.2f} s) | rest "
+              f"{m['wall_s'] - acc['decode_s'] - acc['prefill_s']:.2f} s", flush=True)
+    restore()
     t, c = res["tree"].metrics, res["chain"].metrics
     print(f"tree/chain: tokens {t['generated_tokens'] / c['generated_tokens']:.3f}, wall {t['wall_s'] / c['wall_s']:.3f}, "
           f"kv_live {t['kv_live'] / c['kv_live']:.3f}, kv_read {t['kv_read'] / c['kv_read']:.3f}")
