@@ -65,7 +65,7 @@ def step_cost_ms(model, batch: int, width: int, reps: int = 40) -> float:
     with torch.inference_mode():
         cache = DynamicCache()
         model(input_ids=torch.randint(0, vocab, (batch, width)), use_cache=True, past_key_values=cache)
-        slab = SlabCache(cache, rows_cap=batch, right=reps + 1)
+        slab = SlabCache.from_cache(cache, rows_cap=batch, right=reps + 1)
         mask = torch.ones(batch, width, dtype=torch.long)
         tok = torch.randint(0, vocab, (batch, 1))
         times = []

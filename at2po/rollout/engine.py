@@ -74,8 +74,8 @@ class EngineStats:
     sequences: int = 0
     calls: int = 0
     decode_steps: int = 0  # batched forward passes that sampled one token per live sequence
-    # Attention work of the decode forwards (HFEngine): Σ over steps of rows × key/value columns read (padding
-    # included) and of the rows' true context lengths. Decode cost per token grows with its context, so these, not
+    # Attention work of the decode forwards (HFEngine): Σ over steps of rows × key/value columns read (masked
+    # padding included, but not the columns grouped attention skips) and of the rows' true context lengths. Decode cost per token grows with its context, so these, not
     # generated_tokens alone, predict decode time.
     kv_read: int = 0
     kv_live: int = 0

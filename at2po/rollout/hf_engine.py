@@ -8,16 +8,19 @@ arrive from a scheduler while others decode). The running batch is bounded by ``
 1. prefix lookup: each new context takes the key/values of its longest common prefix with a finished sequence in
    the :class:`~at2po.rollout.prefix_cache.PrefixCache` and only its suffix is prefilled; requests that join
    together with the same context (the n chains of a prompt) are prefilled once and share the result;
-2. prefill: cached key/values are right-aligned in a block of width P = max cached length, the suffixes are
-   left-padded in a block of width S = max suffix length after it. Gaps are masked by the 2-D attention mask and
-   every real token gets its true position id, so RoPE sees the same positions as an unpadded forward. The block
-   is stacked under the running batch, the narrower of the two left-padded (masked) to the common width;
+2. prefill: straight into the running batch's :class:`~at2po.rollout.slab_cache.SlabCache`, under its rows:
+   each new row's cached prefix and suffix are contiguous and right-aligned at the batch's last column; the
+   suffixes go through one forward as a left-padded block whose padding columns are not written (they hold the
+   longer rows' prefixes). Masked columns and explicit position ids give RoPE the positions of an unpadded
+   forward. Prefilled key/values are never copied again;
 3. decode: one token per live row per step, sampled with per-sequence counter-based streams (``sampling.py``,
    stream position = the row's own token count, so a sequence's draws do not depend on when it joined);
    rows stop on stop token ids, on stop strings (checked on the decoded tail, so a stop string may straddle
    tokens; only after a token that can complete one, ``stops.py``), on their ``max_new_tokens`` or on the model
    length. Finished rows leave the batch at once (their key/values go to the prefix cache) and are handed back,
-   so later steps only compute live rows.
+   so later steps only compute live rows. New rows are ordered longest context first and decode attention runs
+   in row groups, each from its first used column (``grouped_attention.py``), so short rows do not read the long
+   rows' padding.
 """
 
 from __future__ import annotations
@@ -28,12 +31,10 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from transformers import DynamicCache
-
 from at2po.rollout.engine import (
     Engine,
     EngineStats,
@@ -45,6 +46,7 @@ from at2po.rollout.engine import (
     sequence_seeds,
     validate_requests,
 )
+from at2po.rollout.grouped_attention import Groups, plan_groups, use_grouped_attention
 from at2po.rollout.prefix_cache import KVEntry, PrefixCache
 from at2po.rollout.sampling import sample
 from at2po.rollout.slab_cache import SlabCache
@@ -159,7 +161,7 @@ class HFEngine(Engine):
         n_seq = 0
         waited = 0  # decode steps the oldest waiting request has waited
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), use_grouped_attention(self.model) as grouped:
                 while True:
                     new = scheduler.next_requests(idle=live is None and not waiting)
                     if new:
@@ -172,8 +174,7 @@ class HFEngine(Engine):
                     admit = self._admit(live, waiting) if ready else []
                     waited = waited + 1 if waiting and not admit else 0
                     if admit:
-                        block = self._prefill(admit)
-                        live = _start(block) if live is None else _merge(live, block)
+                        live = self._join(live, admit)
                     if live is None:
                         return n_seq
                     # sample one token per live row; a row's stream position is its own token count
@@ -206,11 +207,18 @@ class HFEngine(Engine):
                         scheduler.finished(finished)
                     if live is not None:  # feed the sampled tokens: logits for the next step
                         live.mask = torch.cat([live.mask, live.mask.new_ones((len(live.reqs), 1))], dim=1)  # [B, W+1]
-                        self._stats.kv_read += live.mask.numel()
+                        kw = {self._cache_kw: live.cache}
+                        skipped = 0  # columns before each row group's first used one (grouped_attention.py)
+                        if grouped:
+                            if live.groups == "stale":
+                                live.groups = plan_groups(live.mask)
+                            kw["at2po_groups"] = live.groups
+                            skipped = sum((g1 - g0) * c0 for g0, g1, c0 in live.groups or ())
+                        self._stats.kv_read += live.mask.numel() - skipped
                         self._stats.kv_live += sum(len(r.context) for r in live.reqs) + sum(map(len, live.gen))
                         live.logits = self.model(
                             input_ids=live.tok[:, None], attention_mask=live.mask, position_ids=live.next_pos[:, None],
-                            **{self._cache_kw: live.cache}, use_cache=True,
+                            use_cache=True, **kw,
                         ).logits[:, -1]  # [B, V]
                         live.next_pos = live.next_pos + 1
         finally:
@@ -236,86 +244,107 @@ class HFEngine(Engine):
             used += need
         return out
 
-    def _prefill(self, reqs: list[Request]) -> _Live:
-        """:meth:`_prefill_unique` of the distinct contexts of ``reqs``; requests with the same context as an
-        earlier one (the n chains of a prompt) share its key/values and logits (copied rows, counted as cached)."""
-        if self.cache is None:
-            return self._prefill_unique(reqs)
-        first: dict[tuple[int, ...], int] = {}
-        uniq: list[Request] = []
-        src: list[int] = []  # each request's row in the block of distinct contexts
-        for r in reqs:
-            src.append(first.setdefault(tuple(r.context), len(uniq)))
-            if src[-1] == len(uniq):
-                uniq.append(r)
-        if len(uniq) == len(reqs):
-            return self._prefill_unique(reqs)
-        block = self._prefill_unique(uniq)
-        self._stats.cached_tokens += sum(len(r.context) for r in reqs) - sum(len(r.context) for r in uniq)
-        idx = torch.tensor(src, device=block.mask.device)  # [B]
-        cache = DynamicCache()
-        for layer, lay in enumerate(block.cache.layers):
-            cache.update(lay.keys.index_select(0, idx), lay.values.index_select(0, idx), layer)
-        return _Live(
-            reqs=list(reqs), gen=[[] for _ in reqs], lps=[[] for _ in reqs], cache=cache,
-            mask=block.mask.index_select(0, idx), next_pos=block.next_pos.index_select(0, idx),
-            seeds=torch.tensor([r.seed for r in reqs], dtype=torch.int64), logits=block.logits.index_select(0, idx),
-        )
+    def _join(self, live: _Live | None, reqs: list[Request]) -> _Live:
+        """Prefill ``reqs`` straight into the running batch's slab, under its rows, and return the grown batch.
 
-    def _prefill_unique(self, reqs: list[Request]) -> _Live:
-        """Prefix lookup + one forward over the suffixes: a batch block whose logits give each first token."""
-        dev, B = self.device, len(reqs)
-        ctxs = [list(r.context) for r in reqs]
+        Prefix lookup + one forward over the suffixes of the distinct contexts; requests with the same context as
+        an earlier one (the n chains of a prompt) take a copy of its row (key/values, mask, first logits), counted
+        as cached tokens."""
+        order, src = self._distinct(reqs)
+        U, B = max(src) + 1, len(order)
+        uniq = order[:U]
+        ctxs = [list(r.context) for r in uniq]
         arrays = [np.asarray(c, dtype=np.int64) for c in ctxs]
         # 1. prefix lookup (keep ≥ 1 suffix token: its logits give the first sampled token)
         hits = [self.cache.lookup(a, len(a) - 1) if self.cache is not None else (0, None) for a in arrays]
         plen = [h[0] for h in hits]
-        P = max(plen)
         suffixes = [c[p:] for c, p in zip(ctxs, plen)]
         S = max(len(s) for s in suffixes)
         self._stats.prefill_tokens += sum(len(s) for s in suffixes)
-        self._stats.cached_tokens += sum(plen)
+        self._stats.cached_tokens += sum(plen) + sum(len(r.context) for r in order[U:])
 
-        # 2. layout: [cached block | suffix block], each right-aligned
-        ids = torch.full((B, S), self.pad_id, dtype=torch.long)  # [B, S]
-        pos = torch.zeros((B, S), dtype=torch.long)  # [B, S]
-        mask = torch.zeros((B, P + S), dtype=torch.long)  # [B, P+S]
+        # 2. layout: each row's [cached prefix | suffix] contiguous and right-aligned at the slab's ``hi`` (block
+        # width W = the longest row); the suffixes are fed as one left-padded [U, S] block, whose padding columns
+        # keep the prefix key/values that reach into them (``keep``)
+        lens = [len(c) for c in ctxs]
+        W = max(lens)
+        ids = torch.full((U, S), self.pad_id, dtype=torch.long)  # [U, S]
+        pos = torch.zeros((U, S), dtype=torch.long)  # [U, S]
+        mask = torch.zeros((U, W), dtype=torch.long)  # [U, W]
         for b, (s, p) in enumerate(zip(suffixes, plen)):
             ids[b, S - len(s):] = torch.tensor(s)
             pos[b, S - len(s):] = torch.arange(p, p + len(s))
-            mask[b, P - p:P] = 1
-            mask[b, P + S - len(s):] = 1
-        cache = DynamicCache()
-        if P > 0:
-            ref = next(h[1] for h in hits if h[1] is not None)
-            for layer, (k0, v0) in enumerate(zip(ref.keys, ref.values)):
-                k = k0.new_zeros((B, k0.shape[0], P, k0.shape[-1]))  # [B, H_kv, P, D]
-                v = v0.new_zeros((B, v0.shape[0], P, v0.shape[-1]))
-                for b, (p, (_, e)) in enumerate(zip(plen, hits)):
-                    if p:
-                        k[b, :, P - p:] = e.keys[layer][:, :p]
-                        v[b, :, P - p:] = e.values[layer][:, :p]
-                cache.update(k, v, layer)
-        ids, pos, mask = ids.to(dev), pos.to(dev), mask.to(dev)
+            mask[b, W - lens[b]:] = 1
+        slen = torch.tensor([len(s) for s in suffixes])  # [U]
+        keep = torch.arange(S)[None, :] < (S - slen)[:, None] if int(slen.min()) < S else None  # [U, S]
+        right = max(r.max_new_tokens for r in order) + 1
+        slab = live.cache if live is not None else self._new_slab(B, W + right)
+        grew = slab.reserve(B, W, max(right, _room(live)) if live is not None else right)
+        view = slab.block(U, W, filled=W - S, keep=keep.to(self.device) if keep is not None else None)
+        for b, (p, e) in enumerate(hits):
+            if p:
+                slab.put_prefix(view, b, e.keys, e.values, p, end=len(suffixes[b]))
+        ids, pos, mask = ids.to(self.device), pos.to(self.device), mask.to(self.device)
         logits = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, **{self._cache_kw: cache}, use_cache=True, logits_to_keep=1
-        ).logits[:, -1]  # [B, V]
-        return _Live(
-            reqs=list(reqs), gen=[[] for _ in reqs], lps=[[] for _ in reqs], cache=cache, mask=mask,
-            next_pos=pos[:, -1] + 1, seeds=torch.tensor([r.seed for r in reqs], dtype=torch.int64), logits=logits,
-        )
+            input_ids=ids, attention_mask=mask, position_ids=pos, **{self._cache_kw: view}, use_cache=True, logits_to_keep=1
+        ).logits[:, -1]  # [U, V]
+        next_pos = pos[:, -1] + 1  # [U]
+        if B > U:  # copies of the distinct rows
+            slab.copy_rows(src[U:], list(range(U, B)), W)
+            idx = torch.tensor(src, device=mask.device)  # [B]
+            mask, next_pos, logits = mask.index_select(0, idx), next_pos.index_select(0, idx), logits.index_select(0, idx)
+        slab.commit(B)
+        seeds = torch.tensor([r.seed for r in order], dtype=torch.int64)
+        if live is None:
+            return _Live(reqs=order, gen=[[] for _ in order], lps=[[] for _ in order], cache=slab, mask=mask,
+                         next_pos=next_pos, seeds=seeds, logits=logits)
+        pad = torch.nn.functional.pad
+        live.mask = torch.cat([pad(live.mask, (grew, 0)), pad(mask, (slab.width - mask.shape[1], 0))])  # [B', W]
+        live.reqs, live.gen, live.lps = live.reqs + order, live.gen + [[] for _ in order], live.lps + [[] for _ in order]
+        live.next_pos = torch.cat([live.next_pos, next_pos])
+        live.seeds = torch.cat([live.seeds, seeds])
+        live.logits = torch.cat([live.logits, logits])
+        live.groups = "stale"
+        return live
+
+    def _distinct(self, reqs: list[Request]) -> tuple[list[Request], list[int]]:
+        """``reqs`` reordered as [distinct contexts, then repeats], each part longest context first (rows of similar
+        width stay together: grouped decode attention reads less padding), and for each the row of the distinct
+        context it shares. With the prefix cache off every request is its own row."""
+        first: dict[tuple[int, ...], int] = {}
+        uniq: list[Request] = []
+        repeats: list[tuple[Request, int]] = []
+        for r in reqs:
+            i = first.setdefault(tuple(r.context), len(uniq)) if self.cache is not None else len(uniq)
+            if i == len(uniq):
+                uniq.append(r)
+            else:
+                repeats.append((r, i))
+        by_len = sorted(range(len(uniq)), key=lambda i: -len(uniq[i].context))
+        rank = {old: new for new, old in enumerate(by_len)}
+        repeats.sort(key=lambda x: -len(x[0].context))
+        return [uniq[i] for i in by_len] + [r for r, _ in repeats], list(range(len(uniq))) + [rank[i] for _, i in repeats]
+
+    def _new_slab(self, rows: int, width: int) -> SlabCache:
+        """An empty slab for ``rows`` sequences of ``width`` columns, shaped from the model config."""
+        cfg = self.model.config
+        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        dtype = next(self.model.parameters()).dtype
+        return SlabCache(cfg.num_hidden_layers, heads, head_dim, dtype, self.device, rows_cap=rows, width_cap=width)
 
     def _retire(self, live: _Live, rows: list[int]) -> None:
         """Move the key/values of finished rows into the prefix cache (context + generated tokens but the last)."""
         if self.cache is None:
             return
         for r in rows:
-            valid = live.mask[r].bool()  # [W]
+            cols = live.mask[r].nonzero()[:, 0]  # [n]: the row's attended columns
             tokens = np.asarray(list(live.reqs[r].context) + live.gen[r][:-1], dtype=np.int64)
-            keys = [lay.keys[r][:, valid] for lay in live.cache.layers]  # per layer [H_kv, n, D]
-            if keys[0].shape[1] != len(tokens):  # a layout bug would silently poison later rollouts
-                raise RuntimeError(f"HFEngine: cached {keys[0].shape[1]} key/values for {len(tokens)} tokens")
-            values = [lay.values[r][:, valid] for lay in live.cache.layers]
+            if len(cols) != len(tokens):  # a layout bug would silently poison later rollouts
+                raise RuntimeError(f"HFEngine: cached {len(cols)} key/values for {len(tokens)} tokens")
+            keys = [lay.keys[r].index_select(1, cols) for lay in live.cache.layers]  # per layer [H_kv, n, D]
+            values = [lay.values[r].index_select(1, cols) for lay in live.cache.layers]
             self._stats.evicted_tokens += self.cache.insert(KVEntry(tokens, keys, values))
 
 
@@ -326,36 +355,18 @@ class _Live:
     reqs: list[Request]
     gen: list[list[int]]  # sampled ids per row
     lps: list[list[float]]
-    cache: DynamicCache | SlabCache  # per layer [B, H_kv, W, D]; a SlabCache once running
+    cache: SlabCache  # per layer [B, H_kv, W, D]
     mask: torch.Tensor  # [B, W]: which cache columns each row attends to
     next_pos: torch.Tensor  # [B]: position id of the next fed token
     seeds: torch.Tensor  # [B] int64
     logits: torch.Tensor  # [B, V]: logits for the next sample
     tok: torch.Tensor | None = None  # [B]: the last sampled tokens (fed at the next forward)
+    groups: Groups | None | Literal["stale"] = "stale"  # decode attention's row groups (plan_groups); "stale": replan
 
 
 def _room(live: _Live) -> int:
     """Columns the batch may still append: the largest remaining token budget of a row."""
     return max(r.max_new_tokens - len(g) for r, g in zip(live.reqs, live.gen)) + 1
-
-
-def _start(block: _Live) -> _Live:
-    """The first block becomes the running batch: its key/values move into preallocated buffers."""
-    block.cache = SlabCache(block.cache, rows_cap=len(block.reqs), right=_room(block))
-    return block
-
-
-def _merge(a: _Live, b: _Live) -> _Live:
-    """Stack block ``b`` under batch ``a`` (``SlabCache.append_rows``); the narrower masks are left-padded."""
-    grew = a.cache.append_rows(b.cache, right=max(_room(a), _room(b)))
-    W = a.cache.width
-    pad = torch.nn.functional.pad
-    a.mask = torch.cat([pad(a.mask, (grew, 0)), pad(b.mask, (W - b.mask.shape[1], 0))])  # [B, W]
-    a.reqs, a.gen, a.lps = a.reqs + b.reqs, a.gen + b.gen, a.lps + b.lps
-    a.next_pos = torch.cat([a.next_pos, b.next_pos])
-    a.seeds = torch.cat([a.seeds, b.seeds])
-    a.logits = torch.cat([a.logits, b.logits])
-    return a
 
 
 def _drop(live: _Live, rows: set[int]) -> _Live | None:
@@ -376,6 +387,7 @@ def _drop(live: _Live, rows: set[int]) -> _Live | None:
     live.seeds = live.seeds[torch.tensor(order)]
     live.logits = live.logits.index_select(0, sel)
     live.tok = live.tok.index_select(0, sel) if live.tok is not None else None
+    live.groups = "stale"
     return live
 
 

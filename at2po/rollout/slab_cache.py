@@ -6,8 +6,9 @@ it again. Here each layer keeps one buffer [B_cap, H_kv, W_cap, D]; the live cac
 ``buf[:rows, :, lo:hi]``:
 
 * a decode step writes column ``hi`` in place;
-* new rows are written under the live ones, their key/values right-aligned at ``hi`` (``lo`` moves left if they
-  are wider: the columns they add are masked for the other rows);
+* new rows are prefilled straight into the buffer, under the live ones, their key/values right-aligned at ``hi``
+  (:meth:`SlabCache.reserve`, :meth:`SlabCache.block`, :meth:`SlabCache.commit`; ``lo`` moves left if they are
+  wider: the columns they add are masked for the other rows), so a prefilled block is never copied;
 * a finished row is overwritten by a live row from the end (only the moved rows are copied);
 * columns no live row attends to any more are dropped by moving ``lo``.
 
@@ -25,15 +26,13 @@ from transformers.cache_utils import Cache, DynamicLayer
 class SlabLayer(DynamicLayer):
     """One layer's key/values: ``kbuf``/``vbuf`` [B_cap, H_kv, W_cap, D], live window [:rows, :, lo:hi]."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, rows_cap: int, right: int) -> None:
-        b, h, w, d = keys.shape
-        self.kbuf = keys.new_zeros((max(rows_cap, b), h, w + right, d))
-        self.vbuf = values.new_zeros((max(rows_cap, b), h, w + right, d))
-        self.kbuf[:b, :, :w] = keys
-        self.vbuf[:b, :, :w] = values
-        self.rows, self.lo, self.hi = b, 0, w
+    def __init__(self, heads: int, head_dim: int, dtype: torch.dtype, device: torch.device, rows_cap: int,
+                 width_cap: int) -> None:
+        self.kbuf = torch.zeros((rows_cap, heads, width_cap, head_dim), dtype=dtype, device=device)
+        self.vbuf = torch.zeros_like(self.kbuf)
+        self.rows = self.lo = self.hi = 0
         self.is_initialized = True
-        self.device = keys.device
+        self.device = self.kbuf.device
 
     @property
     def keys(self) -> torch.Tensor:  # [rows, H_kv, hi − lo, D] (a view)
@@ -69,14 +68,80 @@ class SlabLayer(DynamicLayer):
         v[: self.rows, :, left : left + width] = self.values
         self.kbuf, self.vbuf, self.lo, self.hi = k, v, left, left + width
 
+    def reserve(self, b: int, w: int, right: int) -> int:
+        """Room for ``b`` more rows whose key/values fill the ``w`` columns before ``hi``, and ``right`` free columns
+        after it. Returns how many columns the live window grew on the left."""
+        if self.rows == 0:  # nothing live: place the block at the left of the buffer
+            self.lo = self.hi = w if w + right <= self.kbuf.shape[2] else 0
+        need = self.rows + b
+        if need > self.kbuf.shape[0] or w > self.hi or self.hi + right > self.kbuf.shape[2]:
+            # grow() keeps only the live window (at column ``left``): make w − width columns of room before it
+            self.grow(rows=need, left=max(0, w - (self.hi - self.lo)), right=right)
+        new_lo = min(self.lo, self.hi - w)
+        grew, self.lo = self.lo - new_lo, new_lo
+        return grew
+
+
+class BlockLayer(DynamicLayer):
+    """The key/values of a block being prefilled: rows [r0, r1) of a :class:`SlabLayer`'s buffers, columns
+    [c0, c). ``update`` (the model's forward) writes the new columns at ``c`` in place; with ``keep`` ([b, S]
+    bool, True = a left-padding token of that row) those columns keep what they hold (a row's cached prefix may
+    reach into them, so every row's key/values stay contiguous)."""
+
+    def __init__(self, slab: SlabLayer, r0: int, r1: int, c0: int, c: int, keep: torch.Tensor | None = None) -> None:
+        self.slab, self.r0, self.r1, self.c0, self.c, self.keep = slab, r0, r1, c0, c, keep
+        self.is_initialized = True
+        self.device = slab.device
+
+    @property
+    def keys(self) -> torch.Tensor:  # [r1 − r0, H_kv, c − c0, D] (a view)
+        return self.slab.kbuf[self.r0 : self.r1, :, self.c0 : self.c]
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self.slab.vbuf[self.r0 : self.r1, :, self.c0 : self.c]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        b, h, s, d = key_states.shape
+        buf = self.slab.kbuf
+        if (b, h, d) != (self.r1 - self.r0, buf.shape[1], buf.shape[3]) or self.c + s > self.slab.hi:
+            raise ValueError(
+                f"SlabCache: the model wrote key/values of shape {tuple(key_states.shape)} into a block of "
+                f"{self.r1 - self.r0} rows × {self.slab.hi - self.c} free columns of [.., {buf.shape[1]} heads, .., "
+                f"{buf.shape[3]}] (num_key_value_heads / head_dim of the model config)")
+        for src, dst in ((key_states, self.slab.kbuf), (value_states, self.slab.vbuf)):
+            region = dst[self.r0 : self.r1, :, self.c : self.c + s]  # [b, H_kv, s, D]
+            if self.keep is not None and s == self.keep.shape[1]:
+                src = torch.where(self.keep[:, None, :, None], region, src)
+            region.copy_(src)
+        self.c += s
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.c - self.c0
+
 
 class SlabCache(Cache):
     """A ``transformers`` cache over :class:`SlabLayer` buffers, with the row operations continuous batching needs."""
 
-    def __init__(self, block: Cache, rows_cap: int, right: int) -> None:
-        """Start from the key/values of a prefilled block (``block.layers[i].keys``: [b, H_kv, w, D]), with room
-        for ``rows_cap`` rows and ``right`` more columns."""
-        super().__init__(layers=[SlabLayer(lay.keys, lay.values, rows_cap, right) for lay in block.layers])
+    def __init__(self, num_layers: int, heads: int, head_dim: int, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu", rows_cap: int = 1, width_cap: int = 64) -> None:
+        super().__init__(layers=[SlabLayer(heads, head_dim, dtype, torch.device(device), rows_cap, width_cap)
+                                 for _ in range(num_layers)])
+
+    @classmethod
+    def from_cache(cls, block: Cache, rows_cap: int, right: int) -> SlabCache:
+        """A slab holding the rows of a prefilled cache (``block.layers[i].keys``: [b, H_kv, w, D]), with room for
+        ``rows_cap`` rows and ``right`` more columns."""
+        b, h, w, d = block.layers[0].keys.shape
+        k0 = block.layers[0].keys
+        slab = cls(len(block.layers), h, d, k0.dtype, k0.device, rows_cap=max(rows_cap, b), width_cap=w + right)
+        slab.reserve(b, w, right)
+        view = slab.block(b, w, filled=0)
+        for src, lay in zip(block.layers, view.layers):
+            lay.update(src.keys, src.values)
+        slab.commit(b)
+        return slab
 
     @property
     def rows(self) -> int:
@@ -86,22 +151,44 @@ class SlabCache(Cache):
     def width(self) -> int:
         return self.layers[0].hi - self.layers[0].lo
 
-    def append_rows(self, block: Cache, right: int) -> int:
-        """Write a prefilled block's rows under the live ones, right-aligned at ``hi``; keep ``right`` free columns.
-        Returns how many columns the live window grew on the left (the live rows' masks need that many zeros)."""
+    def reserve(self, b: int, w: int, right: int) -> int:
+        """Make room for ``b`` rows of ``w`` columns under the live ones (right-aligned at ``hi``), keeping ``right``
+        free columns. Returns how many columns the live window grew on the left (the live rows' masks need that
+        many zeros). Then :meth:`block` gives the forward's view of the new rows and :meth:`commit` makes them live."""
         grew = 0
-        for lay, blk in zip(self.layers, block.layers):
-            b, w = blk.keys.shape[0], blk.keys.shape[2]
-            need_rows = lay.rows + b
-            if need_rows > lay.kbuf.shape[0] or w > lay.hi or lay.hi + right > lay.kbuf.shape[2]:
-                # grow() keeps only the live window (at column ``left``): make w − width columns of room before it
-                lay.grow(rows=need_rows, left=max(0, w - (lay.hi - lay.lo)), right=right)
-            lay.kbuf[lay.rows : lay.rows + b, :, lay.hi - w : lay.hi] = blk.keys
-            lay.vbuf[lay.rows : lay.rows + b, :, lay.hi - w : lay.hi] = blk.values
-            new_lo = min(lay.lo, lay.hi - w)
-            grew = lay.lo - new_lo
-            lay.lo, lay.rows = new_lo, lay.rows + b
+        for lay in self.layers:
+            grew = lay.reserve(b, w, right)
         return grew
+
+    def block(self, b: int, w: int, filled: int, keep: torch.Tensor | None = None) -> Cache:
+        """The cache a prefill forward of the first ``b`` reserved rows writes into: their ``w`` columns before
+        ``hi``, the first ``filled`` of them before the forward's (:meth:`put_prefix`); ``keep`` [b, w − filled]:
+        columns of the forward's block that keep their key/values (see :class:`BlockLayer`)."""
+        r0 = self.rows
+        return Cache(layers=[BlockLayer(lay, r0, r0 + b, lay.hi - w, lay.hi - w + filled, keep) for lay in self.layers])
+
+    def put_prefix(self, view: Cache, row: int, keys: list[torch.Tensor], values: list[torch.Tensor], p: int,
+                   end: int) -> None:
+        """Write the first ``p`` key/values of one sequence (per layer [H_kv, ≥ p, D]) into row ``row`` of a block
+        ``view``, ending ``end`` columns before ``hi`` (right before the row's own suffix)."""
+        for lay, k, v in zip(view.layers, keys, values):
+            r, e = lay.r0 + row, lay.slab.hi - end
+            lay.slab.kbuf[r, :, e - p : e] = k[:, :p]
+            lay.slab.vbuf[r, :, e - p : e] = v[:, :p]
+
+    def copy_rows(self, src: list[int], dst: list[int], w: int) -> None:
+        """Reserved row ``rows + dst[i]`` := reserved row ``rows + src[i]`` over the ``w`` columns before ``hi``
+        (requests with the same context share one prefill)."""
+        s = torch.tensor(src) + self.rows
+        t = torch.tensor(dst) + self.rows
+        for lay in self.layers:
+            lay.kbuf[t, :, lay.hi - w : lay.hi] = lay.kbuf[s, :, lay.hi - w : lay.hi]
+            lay.vbuf[t, :, lay.hi - w : lay.hi] = lay.vbuf[s, :, lay.hi - w : lay.hi]
+
+    def commit(self, b: int) -> None:
+        """The ``b`` reserved rows become live."""
+        for lay in self.layers:
+            lay.rows += b
 
     def remove_rows(self, dead: list[int]) -> list[int]:
         """Drop rows ``dead``: each hole below the new row count is filled by a live row from the end. Returns
