@@ -354,7 +354,8 @@ def main() -> None:
     print(f"info.per_tree_over_lockstep_wall={runs['tree_per_tree'].metrics['wall_s'] / t['wall_s']:.3f}")
     if c["kv_read"] > 0:  # HFEngine counts the key/values its decode forwards attend over
         print(f"info.tree_over_chain_kv_read={t['kv_read'] / c['kv_read']:.3f}  # key/value columns read by decode "
-              f"steps (padding included): decode time follows this, not generated tokens alone")
+              f"steps (masked columns included, those grouped attention skips not): decode time follows this, "
+              f"not generated tokens alone")
         print(f"info.tree_over_chain_kv_live={t['kv_live'] / c['kv_live']:.3f}  # the rows' true context lengths "
               f"(a fork's tokens start deep, so each costs more attention than a chain's average token)")
     print(f"info.decode_step_cost_growth={ms_big / ms_small:.3f}  # step cost at batch {big_b} / at batch {small_b}")

@@ -13,6 +13,7 @@ Times are wall-clock around ``model.forward`` (CPU: exact; CUDA would need a syn
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ def forward_timer(model) -> tuple[dict[str, float], Callable[[], None]]:
     inner, sdpa = model.forward, torch.nn.functional.scaled_dot_product_attention
     kind = ["decode"]
 
+    @functools.wraps(inner)  # keeps forward's signature visible (HFEngine inspects it for the cache keyword)
     def timed(*args, **kwargs):
         kind[0] = "decode" if kwargs["input_ids"].shape[1] == 1 else "prefill"
         t0 = time.perf_counter()
@@ -59,12 +61,14 @@ def step_cost_ms(model, batch: int, width: int, reps: int = 40) -> float:
     """Median ms of one decode forward (one token per row, ``width`` cached columns) at ``batch`` rows."""
     from transformers import DynamicCache
 
+    from at2po.rollout.hf_engine import cache_kwarg
     from at2po.rollout.slab_cache import SlabCache
 
+    kw = cache_kwarg(model)
     vocab = int(model.config.vocab_size)
     with torch.inference_mode():
         cache = DynamicCache()
-        model(input_ids=torch.randint(0, vocab, (batch, width)), use_cache=True, past_key_values=cache)
+        model(input_ids=torch.randint(0, vocab, (batch, width)), use_cache=True, **{kw: cache})
         slab = SlabCache.from_cache(cache, rows_cap=batch, right=reps + 1)
         mask = torch.ones(batch, width, dtype=torch.long)
         tok = torch.randint(0, vocab, (batch, 1))
@@ -73,7 +77,7 @@ def step_cost_ms(model, batch: int, width: int, reps: int = 40) -> float:
             mask = torch.cat([mask, mask.new_ones(batch, 1)], 1)
             t0 = time.perf_counter()
             model(input_ids=tok, attention_mask=mask, position_ids=torch.full((batch, 1), width + i),
-                  past_key_values=slab, use_cache=True)
+                  **{kw: slab}, use_cache=True)
             times.append(time.perf_counter() - t0)
     return sorted(times)[reps // 2] * 1e3
 

@@ -29,12 +29,14 @@ import inspect
 import time
 from collections import deque
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
+
 from at2po.rollout.engine import (
     Engine,
     EngineStats,
@@ -53,6 +55,12 @@ from at2po.rollout.slab_cache import SlabCache
 from at2po.rollout.stops import StopChecker
 
 
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """The name ``model.forward`` takes its key/value cache under: transformers ≥ 5.2x renamed ``past_key_values``
+    to ``cache`` and warns on the old name."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 class HFEngine(Engine):
     """Sampling engine over a ``transformers`` causal LM (CPU or CUDA).
 
@@ -65,6 +73,9 @@ class HFEngine(Engine):
         stop_at_eos: also stop at the tokenizer's eos id (besides ``SamplingParams.stop_token_ids``).
         admit_wait: continuous batching joins new requests in groups (one prefill forward each): when fewer than
             1/8 of the running batch are waiting, they wait up to this many decode steps for more.
+        grouped_attention: decode attention per row group, each over the columns its rows use
+            (``grouped_attention.py``; only when the model uses ``sdpa``). False: one SDPA call over the whole
+            window, masked columns included (same results up to float rounding).
     """
 
     def __init__(
@@ -79,6 +90,7 @@ class HFEngine(Engine):
         stop_at_eos: bool = True,
         max_model_len: int | None = None,
         admit_wait: int = 4,
+        grouped_attention: bool = True,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -87,6 +99,7 @@ class HFEngine(Engine):
         self.max_batch_sequences = max_batch_sequences
         self.max_batch_tokens = max_batch_tokens
         self.admit_wait = admit_wait
+        self.grouped_attention = grouped_attention
         self.cache = PrefixCache(cache_max_tokens) if prefix_cache else None
         self.eos_ids: tuple[int, ...] = ()
         if stop_at_eos and tokenizer.eos_token_id is not None:
@@ -95,9 +108,7 @@ class HFEngine(Engine):
         self.vocab_size = int(model.config.vocab_size)
         self._stats = EngineStats()
         self._stop_checkers: dict[tuple[str, ...], StopChecker] = {}
-        # transformers ≥ 5.2x renamed ``past_key_values`` to ``cache`` (the old name is deprecated)
-        params = inspect.signature(model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._cache_kw = cache_kwarg(model)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None, dtype: Any = None, **kw: Any) -> HFEngine:
@@ -161,7 +172,7 @@ class HFEngine(Engine):
         n_seq = 0
         waited = 0  # decode steps the oldest waiting request has waited
         try:
-            with torch.inference_mode(), use_grouped_attention(self.model) as grouped:
+            with torch.inference_mode(), self._attention() as grouped:
                 while True:
                     new = scheduler.next_requests(idle=live is None and not waiting)
                     if new:
@@ -306,6 +317,10 @@ class HFEngine(Engine):
         live.logits = torch.cat([live.logits, logits])
         live.groups = "stale"
         return live
+
+    def _attention(self) -> AbstractContextManager[bool]:
+        """The decode loop's attention switch: grouped SDPA when enabled (yields whether it is on)."""
+        return use_grouped_attention(self.model) if self.grouped_attention else nullcontext(False)
 
     def _distinct(self, reqs: list[Request]) -> tuple[list[Request], list[int]]:
         """``reqs`` reordered as [distinct contexts, then repeats], each part longest context first (rows of similar

@@ -83,6 +83,25 @@ def test_engine_samples_exactly_with_grouped_attention(tiny):
     assert model.config._attn_implementation == "sdpa"  # switched back after decoding
 
 
+def test_grouped_attention_can_be_switched_off(tiny):
+    """``grouped_attention=False``: one SDPA call over the whole window (every masked column read) — the same
+    tokens and log-probs as grouped decoding, more key/values read."""
+    model, tok = tiny
+    base = tok("I should look up Paris. <search>capital Paris</search> The capital of France is")["input_ids"]
+    contexts = [(base * 40)[: 4 + 15 * i] for i in range(40)]
+    params = SamplingParams(max_new_tokens=6, seed=5)
+    runs = {}
+    for grouped in (True, False):
+        eng = HFEngine(model, tok, prefix_cache=False, stop_at_eos=False, grouped_attention=grouped)
+        runs[grouped] = (eng.generate(contexts, params), eng.stats())
+    (on, st_on), (off, st_off) = runs[True], runs[False]
+    width = sum(max(len(c) for c in contexts) + j for j in range(1, 6))
+    assert st_off.kv_read == len(contexts) * width > st_on.kv_read
+    for a, b in zip(on, off):
+        assert a.token_ids == b.token_ids
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-5
+
+
 def test_other_attention_implementations_are_left_alone(tiny):
     model, _ = tiny
     model.config._attn_implementation = "eager"
