@@ -75,8 +75,8 @@ class EngineStats:
     calls: int = 0
     decode_steps: int = 0  # batched forward passes that sampled one token per live sequence
     # Attention work of the decode forwards (HFEngine): Σ over steps of rows × key/value columns read (masked
-    # padding included, but not the columns grouped attention skips) and of the rows' true context lengths. Decode cost per token grows with its context, so these, not
-    # generated_tokens alone, predict decode time.
+    # padding included, but not the columns grouped attention skips) and of the rows' true context lengths. Decode
+    # cost per token grows with its context, so these, not generated_tokens alone, predict decode time.
     kv_read: int = 0
     kv_live: int = 0
     # Tokens the prefix cache dropped to stay within its bound (HFEngine ``cache_max_tokens``, LRU; entries

@@ -133,8 +133,8 @@ class SlabCache(Cache):
     def from_cache(cls, block: Cache, rows_cap: int, right: int) -> SlabCache:
         """A slab holding the rows of a prefilled cache (``block.layers[i].keys``: [b, H_kv, w, D]), with room for
         ``rows_cap`` rows and ``right`` more columns."""
-        b, h, w, d = block.layers[0].keys.shape
         k0 = block.layers[0].keys
+        b, h, w, d = k0.shape
         slab = cls(len(block.layers), h, d, k0.dtype, k0.device, rows_cap=max(rows_cap, b), width_cap=w + right)
         slab.reserve(b, w, right)
         view = slab.block(b, w, filled=0)
