@@ -3,13 +3,20 @@ samples what teacher forcing gives."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from at2po.rollout.engine import SamplingParams
-from at2po.rollout.grouped_attention import NAME, grouped_sdpa_attention_forward, plan_groups, use_grouped_attention
+from at2po.rollout.grouped_attention import (
+    NAME,
+    grouped_sdpa_attention_forward,
+    plan_groups,
+    use_grouped_attention,
+)
 from at2po.rollout.hf_engine import HFEngine
 from tests.rollout.test_hf_engine import teacher_forced_logprobs
 
@@ -29,7 +36,7 @@ def test_groups_cover_every_row_and_skip_only_masked_columns(lengths: list[int])
     if groups is None:
         return
     assert groups[0][0] == 0 and groups[-1][1] == len(lengths)
-    assert all(a[1] == b[0] for a, b in zip(groups, groups[1:]))  # contiguous, in order
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(groups))  # contiguous, in order
     for g0, g1, c0 in groups:
         assert g1 > g0 and not mask[g0:g1, :c0].any()  # nothing a row attends is skipped
     read = sum((g1 - g0) * (W - c0) for g0, g1, c0 in groups)
@@ -110,8 +117,7 @@ def test_other_attention_implementations_are_left_alone(tiny):
             assert not grouped and model.config._attn_implementation == "eager"
     finally:
         model.config._attn_implementation = "sdpa"
-    with pytest.raises(RuntimeError):
-        with use_grouped_attention(model):
-            assert model.config._attn_implementation == NAME
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), use_grouped_attention(model):
+        assert model.config._attn_implementation == NAME
+        raise RuntimeError("boom")
     assert model.config._attn_implementation == "sdpa"
