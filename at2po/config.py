@@ -100,7 +100,20 @@ class TrainConfig(_Section):
     batch_prompts: int = Field(64, ge=1)  # prompts per rollout batch (global, split across processes)
     mini_batch_prompts: int = Field(8, ge=1)  # prompts per optimizer update
     ppo_epochs: int = Field(1, ge=1)
-    micro_batch_tokens: int = Field(16384, ge=1)  # padded tokens per forward/backward (gradient accumulation)
+    # tokens per forward/backward (gradient accumulation): unique tokens of the packed trie with packing=tree,
+    # padded rows × longest row with packing=rows
+    micro_batch_tokens: int = Field(16384, ge=1)
+    # tree: rows sharing prefixes (a tree's leaves, a prompt's chains) run as one packed sequence of their unique
+    # tokens, each attending to its ancestors; rows: padded flat rows (the comparison path and an escape)
+    packing: Literal["tree", "rows"] = "tree"
+    # the LM head runs only where a generated token is scored, this many positions at a time (logits recomputed in
+    # backward); 0 = full [B, T, V] logits from the model's own head
+    logprob_chunk_tokens: int = Field(1024, ge=0)
+    tree_attention: Literal["blocked", "dense"] = "blocked"  # blocked: gathered-key SDPA per query block; dense: [N, N] mask
+    tree_attention_block: int = Field(128, ge=1)  # query block of the blocked tree attention
+    # old log-probs π_old: recompute (one more forward with the current weights) or sampler (the rollout engine's
+    # log-probs, exact only when the engine computes the trainer's numbers: HF engine, fp32; see the docs)
+    old_log_prob: Literal["recompute", "sampler"] = "recompute"
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     dynamic_sampling: bool = False  # DAPO: drop prompts whose rewards are all equal, refill from more rollouts
@@ -168,6 +181,15 @@ class RunConfig(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
+    @model_validator(mode="after")
+    def _sampler_old_log_prob(self) -> "RunConfig":
+        if self.train.old_log_prob == "sampler" and self.loss.tis_cap is not None:
+            raise ValueError(
+                "train.old_log_prob=sampler makes π_old the sampler's log-probs, so loss.tis_cap (which corrects "
+                "π_old vs the sampler) would do nothing: use train.old_log_prob=recompute with TIS"
+            )
+        return self
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Loading
@@ -213,6 +235,8 @@ def _format_errors(exc: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in err["loc"]) or "<root>"
         if err["type"] == "extra_forbidden":
             lines.append(f"unknown config key {key!r}")
+        elif not err["loc"]:  # a check across sections: its message names the keys
+            lines.append(str(err["msg"]).removeprefix("Value error, "))
         else:
             lines.append(f"config key {key!r}: {err['msg']} (got {err.get('input')!r})")
     return f"invalid configuration ({source}):\n  " + "\n  ".join(lines)

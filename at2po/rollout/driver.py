@@ -74,6 +74,10 @@ class RolloutConfig(BaseModel):
                               "per-call tool execution")
     tool_timeout_s: float = Field(30.0, gt=0, description="per-call timeout of the fallback tool execution")
     max_concurrent_sequences: int = Field(64, ge=1, description="sequences per engine call")
+    # HF engine memory bounds in GB of key/values (converted with the model's bytes per token): the prefix cache of
+    # finished sequences (LRU, evictions are counted as rollout/evicted_tokens) and the running batch
+    cache_memory_gb: float = Field(2.0, gt=0, description="HF engine: prefix-cache key/values, GB")
+    batch_memory_gb: float = Field(4.0, gt=0, description="HF engine: running-batch key/values, GB")
     engine: Literal["hf", "vllm"] = "hf"  # the trainer's choice of sampling engine; the driver never looks
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)  # used when engine == "vllm"
 

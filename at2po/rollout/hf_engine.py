@@ -70,6 +70,9 @@ class HFEngine(Engine):
         max_batch_tokens: bound on Σ (context + max_new_tokens) over a chunk (the memory bound).
         prefix_cache: keep key/values of finished sequences and reuse shared prefixes.
         cache_max_tokens: LRU bound on the tokens held by the prefix cache.
+        cache_memory_bytes, batch_memory_bytes: the same two bounds in bytes of key/values (converted with
+            :func:`kv_bytes_per_token`; the smaller of the token and byte bound applies). A byte budget is what a
+            user can size: 262,144 tokens of SmolLM2-135M key/values are ~12 GB in fp32, of a tiny model ~0.5 GB.
         stop_at_eos: also stop at the tokenizer's eos id (besides ``SamplingParams.stop_token_ids``).
         admit_wait: continuous batching joins new requests in groups (one prefill forward each): when fewer than
             1/8 of the running batch are waiting, they wait up to this many decode steps for more.
@@ -91,7 +94,15 @@ class HFEngine(Engine):
         max_model_len: int | None = None,
         admit_wait: int = 4,
         grouped_attention: bool = True,
+        cache_memory_bytes: int | None = None,
+        batch_memory_bytes: int | None = None,
     ) -> None:
+        per_token = kv_bytes_per_token(model)
+        if cache_memory_bytes is not None:
+            cache_max_tokens = min(cache_max_tokens, max(1, int(cache_memory_bytes) // per_token))
+        if batch_memory_bytes is not None:
+            max_batch_tokens = min(max_batch_tokens, max(1, int(batch_memory_bytes) // per_token))
+        self.kv_bytes_per_token = per_token
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
@@ -342,12 +353,9 @@ class HFEngine(Engine):
 
     def _new_slab(self, rows: int, width: int) -> SlabCache:
         """An empty slab for ``rows`` sequences of ``width`` columns, shaped from the model config."""
-        cfg = self.model.config
-        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        layers, heads, head_dim = kv_shape(self.model)
         dtype = next(self.model.parameters()).dtype
-        return SlabCache(cfg.num_hidden_layers, heads, head_dim, dtype, self.device, rows_cap=rows, width_cap=width)
+        return SlabCache(layers, heads, head_dim, dtype, self.device, rows_cap=rows, width_cap=width)
 
     def _retire(self, live: _Live, rows: list[int]) -> None:
         """Move the key/values of finished rows into the prefix cache (context + generated tokens but the last)."""
@@ -361,6 +369,21 @@ class HFEngine(Engine):
             keys = [lay.keys[r].index_select(1, cols) for lay in live.cache.layers]  # per layer [H_kv, n, D]
             values = [lay.values[r].index_select(1, cols) for lay in live.cache.layers]
             self._stats.evicted_tokens += self.cache.insert(KVEntry(tokens, keys, values))
+
+
+def kv_shape(model: torch.nn.Module) -> tuple[int, int, int]:
+    """(layers, key/value heads, head dim) of a causal LM, from its config."""
+    cfg = model.config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return int(cfg.num_hidden_layers), int(heads), int(head_dim)
+
+
+def kv_bytes_per_token(model: torch.nn.Module) -> int:
+    """Bytes of cached keys + values per token: 2 · layers · kv heads · head dim · element size."""
+    layers, heads, head_dim = kv_shape(model)
+    return 2 * layers * heads * head_dim * next(model.parameters()).element_size()
 
 
 @dataclass

@@ -111,7 +111,11 @@ def build_engine(model: torch.nn.Module, tokenizer: Any, cfg: RunConfig) -> Any:
         return engine
     from at2po.rollout.hf_engine import HFEngine
 
-    return HFEngine(model, tokenizer, max_batch_sequences=cfg.rollout.max_concurrent_sequences)
+    return HFEngine(
+        model, tokenizer, max_batch_sequences=cfg.rollout.max_concurrent_sequences,
+        cache_memory_bytes=int(cfg.rollout.cache_memory_gb * 2**30),
+        batch_memory_bytes=int(cfg.rollout.batch_memory_gb * 2**30),
+    )
 
 
 def load_examples(path: str | None, limit: int | None) -> list[Any]:

@@ -12,6 +12,7 @@ import numpy as np
 
 from at2po.config import RunConfig
 from at2po.core.credit import estimate
+from at2po.core.packing import unique_token_count
 from at2po.core.tree import TurnTree, stack_trees
 from at2po.train.batching import Batch, collate, token_advantages
 
@@ -133,6 +134,9 @@ def build_batch(trees: list[TurnTree], cfg: RunConfig, pad_id: int) -> tuple[Bat
         "batch/rows": float(len(rows)),
         "batch/response_tokens": float(m.sum()),
         "batch/tokens": float(batch.attention_mask.sum()),
+        # flattened row tokens ÷ unique tokens of the batch's trie: what tree packing saves at most (AReaL's metric)
+        "batch/tree_token_ratio": float(batch.attention_mask.sum()) / max(unique_token_count(
+            batch.input_ids, batch.attention_mask.sum(-1)), 1),
         "time/credit_s": time.perf_counter() - t0,
     }
     return batch, row_tree, metrics

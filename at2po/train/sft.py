@@ -8,7 +8,9 @@ Each demonstration becomes a one-chain :class:`~at2po.core.tree.TurnTree` — pr
 each turn's text tokenised by itself (the final turn gets the end-of-turn token the engine would stop on), each
 observation tokenised by ``env.observation_ids`` and placed before the next turn — and is flattened with
 ``at2po.rollout.rows.flatten``: the very function that builds RL rows. The loss is the token-mean negative
-log-likelihood over generated tokens only: L = −(1/Σ M) Σ_t M_t log π_θ(y_t | y_<t).
+log-likelihood over generated tokens only: L = −(1/Σ M) Σ_t M_t log π_θ(y_t | y_<t), run like the RL update
+(``train.packing``: the demonstrations of a micro-batch share the instruction prompt, packed once; the LM head
+only on generated tokens).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import torch
 from at2po.agent.env import QAExample
 from at2po.config import RunConfig, save_config
 from at2po.core.tree import TurnEnd, TurnTree
-from at2po.train.batching import collate, micro_batches
-from at2po.train.logprobs import token_log_probs
+from at2po.train.batching import collate
+from at2po.train.logprobs import scored_log_probs
+from at2po.train.update import backward_scope, forward_spec, plan_micro_batches
 
 
 class DemoError(ValueError):
@@ -106,6 +109,7 @@ def sft(cfg: RunConfig, out_dir: str | Path | None = None) -> Path:
     if acc.is_main_process:
         save_config(cfg, log.run_dir / "config.yaml")
     rng = np.random.default_rng(cfg.train.seed)
+    spec = forward_spec(cfg.train)
     idx = np.arange(len(rows))[acc.process_index :: acc.num_processes]
     step = 0
     model.train()
@@ -115,14 +119,14 @@ def sft(cfg: RunConfig, out_dir: str | Path | None = None) -> Path:
         for s in range(0, len(order), cfg.sft.batch_rows):
             part = order[s : s + cfg.sft.batch_rows]
             n_tok = float(batch.response_mask[part].sum())
-            groups = micro_batches(batch.attention_mask[part].sum(-1).tolist(), cfg.train.micro_batch_tokens)
             total = 0.0
-            for g in groups:
-                sub = batch.select([int(part[i]) for i in g]).to(acc.device)
-                with acc.autocast():
-                    lp = token_log_probs(model, sub.input_ids, sub.attention_mask)
-                nll = -(lp.float() * sub.response_mask).sum() / max(n_tok, 1.0)  # token-mean over the batch
-                acc.backward(nll)
+            for g in plan_micro_batches(batch, part, cfg.train.micro_batch_tokens, spec.packing):
+                sub = batch.select(g).to(acc.device)  # demonstrations share the instruction prompt: packed once
+                with backward_scope(model, spec):
+                    with acc.autocast():
+                        lp = scored_log_probs(model, sub.input_ids, sub.attention_mask, sub.response_mask, spec=spec).log_prob
+                    nll = -(lp.float() * sub.response_mask).sum() / max(n_tok, 1.0)  # token-mean over the batch
+                    acc.backward(nll)
                 total += float(nll.detach())
             gnorm = acc.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
             if math.isfinite(total) and math.isfinite(float(gnorm)):

@@ -1,8 +1,9 @@
 """The RL loop, top to bottom (CleanRL-style): one step =
 
     rollout (chains or trees, tool calls) → rewards (on leaves, by the env) → credit (at2po.core.credit)
-    → old log-probs recomputed here (+ reference log-probs when KL is on)
+    → old log-probs recomputed here, or the sampler's (+ reference log-probs when KL is on)
     → PPO epochs over prompt mini-batches, token-budget micro-batches with gradient accumulation
+      (every forward tree-packed: each unique token of a micro-batch's rows once; LM head on scored tokens only)
     → AdamW step with grad clipping and the LR schedule → metrics, eval, checkpoint.
 
 Runs on ``accelerate`` (one process, or ``accelerate launch --num_processes N``: each process rolls out its
@@ -36,7 +37,8 @@ from at2po.train.components import (
 )
 from at2po.train.experience import apply_overlong_penalty, build_batch, collect, tree_metrics
 from at2po.train.logging import RunLogger
-from at2po.train.update import NonFiniteGuard, compute_log_probs, ppo_update
+from at2po.train.memory import PhaseMemory
+from at2po.train.update import NonFiniteGuard, compute_log_probs, forward_spec, ppo_update
 
 
 @dataclass
@@ -145,6 +147,8 @@ def train(
         if cfg.logging.progress:
             log.start_progress(cfg.train.steps, completed=start)
         budget = cfg.train.max_generated_tokens
+        spec = forward_spec(cfg.train)
+        mem = PhaseMemory()
         result.stopped_by_budget = budget is not None and gen_total >= budget  # resumed after a budget stop
         for step in range(start + 1, start + 1 if result.stopped_by_budget else cfg.train.steps + 1):
             t_step = time.perf_counter()
@@ -157,8 +161,10 @@ def train(
                 return [train_set[i] for i in idx[rank::world]]
 
             t0 = time.perf_counter()
+            mem.start()
             trees, metrics = collect(engine, env, next_examples, local_prompts, cfg, seed=_rollout_seed(cfg, step, rank))
             metrics["time/rollout_s"] = time.perf_counter() - t0
+            metrics.update(mem.metrics("rollout"))
             metrics["rollout/overlong_penalised"] = float(apply_overlong_penalty(
                 trees, cfg.rollout.max_response_tokens, cfg.train.overlong_buffer, cfg.train.overlong_penalty
             ))
@@ -175,32 +181,42 @@ def train(
                 batch, row_tree, m = build_batch(trees, cfg, pad_id)
                 metrics.update(m)
 
-                # --- 5. old (and reference) log-probs, recomputed by the trainer with the current weights ----
+                # --- 5. old (and reference) log-probs: recomputed with the current weights, or the sampler's ----
                 t0 = time.perf_counter()
-                batch.old_log_prob = compute_log_probs(
-                    model, batch, cfg.train.micro_batch_tokens, cfg.rollout.temperature, acc.device, acc.autocast
-                )
+                mem.start()
+                if cfg.train.old_log_prob == "sampler":  # exact when the engine computes the trainer's numbers
+                    batch.old_log_prob = batch.sample_log_prob * batch.response_mask
+                else:
+                    batch.old_log_prob = compute_log_probs(
+                        model, batch, cfg.train.micro_batch_tokens, cfg.rollout.temperature, acc.device, acc.autocast, spec
+                    )
+                    gap = logprob_mismatch(batch.sample_log_prob, batch.old_log_prob, batch.response_mask)
+                    metrics["actor/sampler_logprob_gap"] = float(gap["mean_abs"])
+                    metrics["actor/sampler_logprob_gap_max"] = float(gap["max_abs"])
                 if ref_model is not None:
                     batch.ref_log_prob = compute_log_probs(
-                        ref_model, batch, cfg.train.micro_batch_tokens, cfg.rollout.temperature, acc.device, acc.autocast
+                        ref_model, batch, cfg.train.micro_batch_tokens, cfg.rollout.temperature, acc.device, acc.autocast,
+                        spec,
                     )
-                gap = logprob_mismatch(batch.sample_log_prob, batch.old_log_prob, batch.response_mask)
-                metrics["actor/sampler_logprob_gap"] = float(gap["mean_abs"])
-                metrics["actor/sampler_logprob_gap_max"] = float(gap["max_abs"])
                 if cfg.loss.tis_cap is not None:
                     # w·min(s·A, clip(s)·A) = min(s·wA, clip(s)·wA) for w ≥ 0: TIS is a per-token advantage scale.
                     batch.advantages = batch.advantages * tis_weights(
                         batch.old_log_prob, batch.sample_log_prob, cfg.loss.tis_cap
                     )
                 metrics["time/old_logprob_s"] = time.perf_counter() - t0
+                metrics.update(mem.metrics("old_logprob"))
 
             # --- 6. PPO epochs: mini-batches of prompts, micro-batches of tokens, AdamW -------------------------
             t0 = time.perf_counter()
+            mem.start()
             rng = np.random.default_rng([cfg.train.seed, step, rank])
             stats = ppo_update(acc, model, optimizer, scheduler, batch, row_tree, cfg, rng, pad_id)
-            engine.sync_weights(policy)  # vLLM: load the new weights in place; both: drop stale KV caches
-            metrics.update(stats.as_dict())
             metrics["time/update_s"] = time.perf_counter() - t0
+            metrics.update(mem.metrics("update"))
+            t0 = time.perf_counter()
+            engine.sync_weights(policy)  # vLLM: load the new weights in place; both: drop stale KV caches
+            metrics["time/sync_s"] = time.perf_counter() - t0
+            metrics.update(stats.as_dict())
             metrics["time/step_s"] = time.perf_counter() - t_step
 
             # --- 7. log, guard, eval, checkpoint ----------------------------------------------------------------

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from at2po.config import RunConfig
+from at2po.config import RunConfig, TrainConfig
 from at2po.core.losses import policy_loss
+from at2po.core.packing import split_rows
 from at2po.train.batching import Batch, micro_batches, prompt_mini_batches
-from at2po.train.logprobs import token_log_probs
+from at2po.train.logprobs import ForwardSpec, scored_log_probs
+from at2po.train.tree_attention import use_tree_attention
 
 
 class NonFiniteError(RuntimeError):
@@ -49,6 +52,7 @@ class NonFiniteGuard:
 class UpdateStats:
     updates: int = 0
     skipped: int = 0
+    forward_tokens: int = 0  # tokens the update's forwards ran over (unique with tree packing, padded with rows)
     sums: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -58,23 +62,52 @@ class UpdateStats:
 
     def as_dict(self) -> dict[str, float]:
         out = {f"actor/{k}": v / self.counts[k] for k, v in self.sums.items()}
-        out.update({"actor/updates": float(self.updates), "actor/skipped_updates": float(self.skipped)})
+        out.update({"actor/updates": float(self.updates), "actor/skipped_updates": float(self.skipped),
+                    "actor/forward_tokens": float(self.forward_tokens)})
         return out
+
+
+def forward_spec(tcfg: TrainConfig) -> ForwardSpec:
+    """How the trainer runs the model (``train.packing``, ``train.logprob_chunk_tokens``, tree attention)."""
+    return ForwardSpec(tcfg.packing, tcfg.logprob_chunk_tokens, tcfg.tree_attention, tcfg.tree_attention_block)
+
+
+def backward_scope(model: torch.nn.Module, spec: ForwardSpec) -> contextlib.AbstractContextManager[None]:
+    """The context a micro-batch's forward *and* backward run in: tree attention stays selected through the
+    backward, where gradient-checkpointed layers re-run their forward."""
+    return use_tree_attention(model) if spec.packing == "tree" and spec.attention == "blocked" else contextlib.nullcontext()
+
+
+def plan_micro_batches(batch: Batch, rows: Sequence[int] | np.ndarray, budget_tokens: int, packing: str) -> list[list[int]]:
+    """Split ``rows`` of ``batch`` into micro-batches of at most ``budget_tokens`` model tokens each (a row longer
+    than the budget is its own): unique trie tokens with ``packing="tree"`` (rows sharing prefixes kept together,
+    a split tree recomputes its shared prefix per part), padded rows × longest row with ``"rows"``."""
+    rows = [int(r) for r in rows]
+    if not rows:
+        return []
+    lengths = batch.attention_mask[rows].sum(-1)
+    if packing == "tree":
+        groups = split_rows(batch.input_ids[rows, : int(lengths.max())], lengths, budget_tokens)
+    else:
+        groups = micro_batches(lengths.tolist(), budget_tokens)
+    return [[rows[i] for i in g] for g in groups]
 
 
 @torch.no_grad()
 def compute_log_probs(
-    model: torch.nn.Module, batch: Batch, budget_tokens: int, temperature: float, device: torch.device, autocast: Any
+    model: torch.nn.Module, batch: Batch, budget_tokens: int, temperature: float, device: torch.device, autocast: Any,
+    spec: ForwardSpec | None = None,
 ) -> torch.Tensor:
-    """π(y_t | ·) for every row of ``batch`` with the current weights, in token-budget micro-batches: ``[B, T]``."""
+    """π(y_t | ·) on the generated tokens of every row of ``batch`` with the current weights (0 elsewhere), in
+    token-budget micro-batches: ``[B, T]``."""
+    spec = spec or ForwardSpec()
     out = torch.zeros_like(batch.response_mask)
-    lengths = batch.attention_mask.sum(-1).tolist()
     was_training = model.training
     model.eval()  # no dropout: old log-probs must be a deterministic function of the weights
-    for mb in micro_batches(lengths, budget_tokens):
+    for mb in plan_micro_batches(batch, range(len(batch)), budget_tokens, spec.packing):
         sub = batch.select(mb).to(device)
         with autocast():
-            lp = token_log_probs(model, sub.input_ids, sub.attention_mask, temperature)
+            lp = scored_log_probs(model, sub.input_ids, sub.attention_mask, sub.response_mask, temperature, spec).log_prob
         out[torch.as_tensor(mb), : lp.shape[1]] = lp.float().cpu()
     model.train(was_training)
     return out
@@ -116,6 +149,7 @@ def ppo_update(
         tree_index = np.zeros(0, dtype=np.int64)
     n_chunks = max(1, cfg.train.batch_prompts // cfg.train.mini_batch_prompts)
     token_mean = cfg.loss.agg == "token-mean"
+    spec = forward_spec(cfg.train)
     model.train()
     for _epoch in range(cfg.train.ppo_epochs):
         for rows in prompt_mini_batches(tree_index, n_chunks, rng):
@@ -127,8 +161,7 @@ def ppo_update(
             groups: list[list[int]] = []
             denom = 1.0
             if batch is not None and len(rows):
-                lengths = batch.attention_mask[rows].sum(-1).tolist()
-                groups = [[int(rows[i]) for i in g] for g in micro_batches(lengths, cfg.train.micro_batch_tokens)]
+                groups = plan_micro_batches(batch, rows, cfg.train.micro_batch_tokens, spec.packing)
                 denom = float(batch.response_mask[rows].sum()) if token_mean else float(len(rows))
             bad = torch.zeros((), device=accelerator.device)
             if not groups:  # no prompts here on this process: still join the all-reduce with a zero gradient
@@ -139,20 +172,18 @@ def ppo_update(
                 share = (float(sub.response_mask.sum()) if token_mean else float(len(g))) / max(denom, 1.0)
                 sync = j == len(groups) - 1
                 ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
-                with ctx:
+                with ctx, backward_scope(model, spec):
                     ent_kw: dict[str, Any] = {}
                     with accelerator.autocast():
-                        out = token_log_probs(
-                            model, sub.input_ids, sub.attention_mask, cfg.rollout.temperature,
-                            with_entropy=cfg.loss.entropy_coef > 0,
+                        out = scored_log_probs(
+                            model, sub.input_ids, sub.attention_mask, sub.response_mask, cfg.rollout.temperature,
+                            spec, with_entropy=cfg.loss.entropy_coef > 0,
                         )
-                    if isinstance(out, tuple):
-                        log_prob, ent = out
-                        ent_kw = dict(entropy=ent.float(), entropy_coef=cfg.loss.entropy_coef)
-                    else:
-                        log_prob = out
+                    stats.forward_tokens += out.tokens
+                    if out.entropy is not None:
+                        ent_kw = {"entropy": out.entropy.float(), "entropy_coef": cfg.loss.entropy_coef}
                     loss, metrics = policy_loss(
-                        cfg.loss.name, log_prob.float(), sub.old_log_prob, sub.advantages, sub.response_mask,
+                        cfg.loss.name, out.log_prob.float(), sub.old_log_prob, sub.advantages, sub.response_mask,
                         **_loss_kwargs(cfg, sub), **ent_kw,
                     )
                     accelerator.backward(loss * share)

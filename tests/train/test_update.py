@@ -131,9 +131,9 @@ def test_training_loop_stops_on_persistent_nan(tiny_world, tmp_path: Path) -> No
         "train.steps=6", "train.max_nonfinite_steps=2", "data.test=null",
     ])
 
-    def poison(model: torch.nn.Module) -> None:
-        model.get_output_embeddings().register_forward_hook(
-            lambda m, i, out: out * float("nan") if torch.is_grad_enabled() else out
+    def poison(model: torch.nn.Module) -> None:  # the LM head's input: the trainer's chunked head reads it
+        model.get_output_embeddings().register_forward_pre_hook(
+            lambda m, args: (args[0] * float("nan"),) if torch.is_grad_enabled() else None
         )
 
     with pytest.raises(NonFiniteError, match="stopping at step 2: 2 consecutive steps"):
