@@ -108,7 +108,7 @@ class TrainConfig(_Section):
     packing: Literal["tree", "rows"] = "tree"
     # the LM head runs only where a generated token is scored, this many positions at a time (logits recomputed in
     # backward); 0 = full [B, T, V] logits from the model's own head
-    logprob_chunk_tokens: int = Field(1024, ge=0)
+    logprob_chunk_tokens: int = Field(512, ge=0)
     tree_attention: Literal["blocked", "dense"] = "blocked"  # blocked: gathered-key SDPA per query block; dense: [N, N] mask
     tree_attention_block: int = Field(128, ge=1)  # query block of the blocked tree attention
     # old log-probs π_old: recompute (one more forward with the current weights) or sampler (the rollout engine's

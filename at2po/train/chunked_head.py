@@ -104,7 +104,7 @@ def chunked_log_probs(
     head: torch.nn.Module,  # the model's output embeddings (lm_head)
     targets: torch.Tensor,  # [M] long: the scored tokens
     temperature: float = 1.0,
-    chunk: int = 1024,
+    chunk: int = 512,
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(y_m | ·) [M] (fp32) and, with ``with_entropy``, the full-vocabulary entropy H_m [M] (module

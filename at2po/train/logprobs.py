@@ -62,7 +62,7 @@ class ForwardSpec:
     """How the trainer runs the model over rows (``train.packing``, ``train.logprob_chunk_tokens``, ...)."""
 
     packing: Literal["tree", "rows"] = "tree"
-    chunk_tokens: int = 1024  # LM-head rows per chunk; 0 = full logits from the model's own head
+    chunk_tokens: int = 512  # LM-head rows per chunk; 0 = full logits from the model's own head
     attention: Literal["blocked", "dense"] = "blocked"  # tree attention: gathered-key blocks, or one [N, N] mask
     attention_block: int = 128  # query block of the blocked tree attention
 

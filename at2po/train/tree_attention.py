@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -45,10 +45,20 @@ class TreeAttentionPlan:
     n_blocks: int
     groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (blocks [G], key index [G, L], mask [G, 1, Bq, L])
     order: torch.Tensor  # [n_blocks]: inverse permutation from the groups' concatenated blocks back to block order
+    _additive: dict[torch.dtype, list[torch.Tensor]] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> TreeAttentionPlan:
         groups = [(b.to(device), k.to(device), m.to(device)) for b, k, m in self.groups]
         return TreeAttentionPlan(self.n_tokens, self.block, self.n_blocks, groups, self.order.to(device))
+
+    def additive_masks(self, dtype: torch.dtype) -> list[torch.Tensor]:
+        """The groups' masks as 0 / −inf in ``dtype``, made once per forward and shared by every layer: SDPA turns a
+        boolean mask into this form itself, in every layer, and keeps each copy for backward."""
+        if dtype not in self._additive:
+            self._additive[dtype] = [
+                torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(~m, float("-inf")) for _, _, m in self.groups
+            ]
+        return self._additive[dtype]
 
     @property
     def key_reads(self) -> int:
@@ -125,7 +135,7 @@ def tree_sdpa_attention_forward(
     q = F.pad(query[0], (0, 0, 0, nb * Bq - N)).view(H, nb, Bq, D).transpose(0, 1)  # [nb, H, Bq, D]
     k, v = key[0], value[0]  # [H_kv, N, D]
     outs = []
-    for blocks, kidx, mask in plan.groups:
+    for (blocks, kidx, _), mask in zip(plan.groups, plan.additive_masks(query.dtype)):
         G, L = kidx.shape
         flat = kidx.reshape(-1)
         kg = k.index_select(1, flat).view(Hkv, G, L, D).transpose(0, 1)  # [G, H_kv, L, D]
