@@ -180,6 +180,26 @@ def test_fork_prefill_is_much_smaller_than_context(tiny, scripted_env):
     assert with_reuse["prefill_tokens"] < 0.5 * without["prefill_tokens"]
 
 
+def test_tiny_cache_byte_budget_still_finishes_and_reports_evictions(tiny, scripted_env):
+    """Byte budgets become token bounds through the model's key/value size; a prefix cache far too small for a
+    tree's sequences evicts (counted), continuations re-prefill, and the rollout samples exactly the same trees."""
+    from at2po.rollout.hf_engine import kv_bytes_per_token
+
+    model, tok = tiny
+    per_token = kv_bytes_per_token(model)
+    cfg = model.config
+    assert per_token == 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4
+    small = HFEngine(model, tok, cache_memory_bytes=60 * per_token, batch_memory_bytes=200 * per_token)
+    assert small.cache.max_tokens == 60 and small.max_batch_tokens == 200
+    tight = rollout(small, scripted_env, QUESTIONS, tree_cfg())
+    roomy = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, tree_cfg())
+    assert tight.metrics["evicted_tokens"] > 0 and roomy.metrics["evicted_tokens"] == 0
+    assert tight.metrics["prefill_tokens"] > roomy.metrics["prefill_tokens"]
+    assert signature(tight.trees) == signature(roomy.trees)
+    for tree in tight.trees:
+        check_tree(tree, 3 + 2 * 2)
+
+
 class FlakyRetriever(BM25Retriever):
     """BM25 that raises on Paris queries and hangs on Rome queries."""
 

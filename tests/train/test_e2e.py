@@ -43,6 +43,11 @@ def test_train_checkpoint_crash_resume_eval(tiny_world, tmp_path: Path) -> None:
     assert [p.name for p in list_checkpoints(tmp_path / "a")] == ["step-00000002", "step-00000003"]
     assert (tmp_path / "a" / "config.yaml").is_file() and (tmp_path / "a" / "eval" / "step-00000003.json").is_file()
     assert any((tmp_path / "a" / "tb").iterdir())
+    rec = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines() if '"rollout/' in x][0]
+    assert rec["batch/tree_token_ratio"] > 1.5  # a tree's leaves share the prompt and their first turns
+    assert 0 < rec["actor/forward_tokens"] < rec["batch/tokens"]  # the update ran over unique tokens
+    for phase in ("rollout", "old_logprob", "update"):
+        assert rec[f"memory/{phase}_rss_gb"] > 0.05  # per-phase peak RSS (Linux: VmHWM reset before each phase)
 
     # same run, crashing in the middle of step 3's update (after checkpoint 2 was written)
     cfg_b = load_config(preset="at2po", overrides=small_overrides(tiny_world, tmp_path / "b") + over)
@@ -138,3 +143,20 @@ def test_resume_after_kill_9(tiny_world, tmp_path: Path) -> None:
     wk, wr = _weights(tmp_path / "k"), _weights(tmp_path / "ref")
     for k in wr:
         torch.testing.assert_close(wk[k], wr[k], rtol=0, atol=0)
+
+
+def test_sampler_old_log_probs_skip_the_extra_forward(tiny_world, tmp_path: Path) -> None:
+    """train.old_log_prob=sampler: π_old is the HF engine's fp32 log-prob (no recomputation), so the first update's
+    ratios are 1 up to the sampler/trainer float gap; TIS with it is refused (it would be a no-op)."""
+    from at2po.config import ConfigError
+
+    cfg = load_config(preset="grpo", overrides=small_overrides(tiny_world, tmp_path / "s") + [
+        "train.steps=1", "train.old_log_prob=sampler", "data.test=null", "train.mini_batch_prompts=2",
+    ])
+    res = train(cfg)
+    assert res.steps_done == 1
+    rec = json.loads((tmp_path / "s" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "actor/sampler_logprob_gap" not in rec  # nothing recomputed to compare with
+    assert abs(rec["actor/ratio_mean"] - 1.0) < 1e-4 and rec["actor/pg_clipfrac"] == 0.0
+    with pytest.raises(ConfigError, match="train.old_log_prob=sampler.*tis_cap"):
+        load_config(overrides=["train.old_log_prob=sampler", "loss.tis_cap=2.0"])

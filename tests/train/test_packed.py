@@ -256,3 +256,27 @@ def test_packed_equals_flat_on_random_tries(random_llama, case) -> None:
     w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(0)) * score  # no exact cancellations
     if score[:, 1:].any():
         _assert_grads_close(_grads(model, (out.log_prob * w).sum()), _grads(model, (ref * w).sum()), "random trie")
+
+
+def test_gradient_checkpointing_needs_the_scope_and_then_matches(batches, sft_model) -> None:
+    """Checkpointed layers re-run their forward in backward: inside ``use_tree_attention`` (as the trainer runs each
+    micro-batch) the packed gradient equals the flat one; outside it the call refuses instead of recomputing the
+    wrong attention."""
+    from at2po.train.tree_attention import use_tree_attention
+
+    batch = batches["trees"]
+    cfg = load_config(overrides=[f"model.path={sft_model}", "model.gradient_checkpointing=true", "model.lora_r=4"])
+    model = load_policy(cfg.model).train()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    m = batch.response_mask
+    w = torch.randn(m.shape, generator=torch.Generator().manual_seed(5)) * m
+    with pytest.raises(RuntimeError, match="use_tree_attention"):
+        scored_log_probs(model, batch.input_ids, batch.attention_mask, m, 1.0, TREE)
+    with use_tree_attention(model):
+        out = scored_log_probs(model, batch.input_ids, batch.attention_mask, m, 1.0, TREE)
+        packed = _grads(model, (out.log_prob * w).sum())
+    flat = _grads(model, (token_log_probs(model, batch.input_ids, batch.attention_mask) * w).sum())
+    _assert_grads_close(packed, flat, "gradient checkpointing")
