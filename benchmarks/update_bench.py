@@ -114,7 +114,7 @@ def child(args: argparse.Namespace) -> None:
     from at2po.config import load_config
     from at2po.train.batching import Batch
     from at2po.train.components import load_policy
-    from at2po.train.memory import _reset_hwm, _vm_hwm_kb
+    from at2po.train.memory import reset_peak_rss, peak_rss_kb
     from at2po.train.trainer import make_accelerator
     from at2po.train.update import compute_log_probs, forward_spec, ppo_update
 
@@ -132,7 +132,7 @@ def child(args: argparse.Namespace) -> None:
     model, opt = acc.prepare(model, opt)
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters() if p.requires_grad])
     rss0 = _read_rss_kb()
-    _reset_hwm()
+    reset_peak_rss()
     t0 = time.perf_counter()
     batch.old_log_prob = compute_log_probs(model, batch, cfg.train.micro_batch_tokens, cfg.rollout.temperature,
                                            acc.device, acc.autocast, forward_spec(cfg.train))
@@ -142,7 +142,7 @@ def child(args: argparse.Namespace) -> None:
     t1 = time.perf_counter()
     stats = ppo_update(acc, model, opt, sched, batch, data["row_tree"], cfg, np.random.default_rng([0, 1, 0]), 0)
     t2 = time.perf_counter()
-    peak = _vm_hwm_kb() or 0
+    peak = peak_rss_kb() or 0
     after = torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])
     m = batch.response_mask
     print(json.dumps({

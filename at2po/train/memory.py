@@ -18,7 +18,8 @@ _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
 
 
-def _vm_hwm_kb() -> int | None:
+def peak_rss_kb() -> int | None:
+    """The process's peak resident set since start or the last :func:`reset_peak_rss` (Linux ``VmHWM``), in KiB."""
     try:
         for line in _STATUS.read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -28,7 +29,8 @@ def _vm_hwm_kb() -> int | None:
     return None
 
 
-def _reset_hwm() -> bool:
+def reset_peak_rss() -> bool:
+    """Reset the peak resident set to the current one; False where the system does not allow it."""
     try:
         _CLEAR_REFS.write_text("5")
         return True
@@ -40,18 +42,18 @@ class PhaseMemory:
     """``start()`` before a phase, ``metrics(name)`` after it: peak host RSS (GB) and peak CUDA memory (GB)."""
 
     def __init__(self) -> None:
-        self._resettable = sys.platform.startswith("linux") and _reset_hwm() and _vm_hwm_kb() is not None
+        self._resettable = sys.platform.startswith("linux") and reset_peak_rss() and peak_rss_kb() is not None
 
     def start(self) -> None:
         if self._resettable:
-            _reset_hwm()
+            reset_peak_rss()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
 
     def metrics(self, phase: str) -> dict[str, float]:
         out: dict[str, float] = {}
         if self._resettable:
-            out[f"memory/{phase}_rss_gb"] = (_vm_hwm_kb() or 0) / 2**20
+            out[f"memory/{phase}_rss_gb"] = (peak_rss_kb() or 0) / 2**20
         else:
             unit = 2**30 if sys.platform == "darwin" else 2**20  # ru_maxrss: bytes on macOS, KiB on Linux
             out[f"memory/{phase}_rss_gb_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / unit
