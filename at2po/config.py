@@ -111,6 +111,9 @@ class TrainConfig(_Section):
     logprob_chunk_tokens: int = Field(512, ge=0)
     tree_attention: Literal["blocked", "dense"] = "blocked"  # blocked: gathered-key SDPA per query block; dense: [N, N] mask
     tree_attention_block: int = Field(128, ge=1)  # query block of the blocked tree attention
+    # blocked tree attention: gather each block's keys/values again in backward instead of keeping the gathered
+    # copies (≈ depth/block + 1 times the packed key/values per layer); costs one more attention forward
+    tree_attention_recompute: bool = False
     # old log-probs π_old: recompute (one more forward with the current weights) or sampler (the rollout engine's
     # log-probs, exact only when the engine computes the trainer's numbers: HF engine, fp32; see the docs)
     old_log_prob: Literal["recompute", "sampler"] = "recompute"

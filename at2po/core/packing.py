@@ -141,8 +141,9 @@ def split_rows(input_ids: torch.Tensor | np.ndarray, lengths: torch.Tensor | np.
     groups: list[list[int]] = []
     s = 0
     while s < B:
-        # largest e with s_len[s] + Σ_{s<k<e} new[k] ≤ budget, i.e. csum[e] ≤ budget − s_len[s] + csum[s+1]
-        limit = budget_tokens - s_len[s] + csum[s + 1]
+        # largest e with s_len[s] + Σ_{s<k<e} new[k] ≤ budget, i.e. csum[e] ≤ budget − s_len[s] + csum[s+1]; a first
+        # row over the budget still takes the rows that add nothing to it (its identical copies)
+        limit = max(budget_tokens - s_len[s], 0) + csum[s + 1]
         e = max(s + 1, int(np.searchsorted(csum, limit, side="right")) - 1)
         groups.append(order[s:e].tolist())
         s = e

@@ -127,6 +127,7 @@ def chunked_log_probs(
         lp, ent = checkpoint(one, hidden[s : s + chunk], targets[s : s + chunk], use_reentrant=False)
         lps.append(lp)
         ents.append(ent)
-    if not lps:
-        return hidden.new_zeros(0, dtype=torch.float32), (hidden.new_zeros(0, dtype=torch.float32) if with_entropy else None)
+    if not lps:  # nothing scored: empty results that still belong to the graph (a backward through them is a no-op)
+        empty = hidden[:0, 0].float()
+        return empty, (empty if with_entropy else None)
     return torch.cat(lps), (torch.cat(ents) if with_entropy else None)

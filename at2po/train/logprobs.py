@@ -65,6 +65,7 @@ class ForwardSpec:
     chunk_tokens: int = 512  # LM-head rows per chunk; 0 = full logits from the model's own head
     attention: Literal["blocked", "dense"] = "blocked"  # tree attention: gathered-key blocks, or one [N, N] mask
     attention_block: int = 128  # query block of the blocked tree attention
+    attention_recompute: bool = False  # blocked tree attention: gather keys/values again in backward (less memory)
 
 
 @dataclass
@@ -74,16 +75,16 @@ class ScoredLogProbs:
     tokens: int  # tokens the model ran over: unique (tree) or padded B·T (rows)
 
 
-_POST_HEAD_SCALING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+_POST_HEAD_SCALING = ("logit_scale", "logits_scaling")  # multipliers: 1.0 is the identity
 
 
 def _check_head(model: torch.nn.Module) -> torch.nn.Module:
     """The output embeddings, after checking the model applies nothing to the logits after them."""
     inner = getattr(model, "module", model)  # DDP
     cfg = getattr(inner, "config", None)
-    for attr in _POST_HEAD_SCALING:
+    for attr in ("final_logit_softcapping", *_POST_HEAD_SCALING):
         val = getattr(cfg, attr, None)
-        if val is not None and val != 1.0:
+        if val is not None and (attr == "final_logit_softcapping" or val != 1.0):
             raise ValueError(
                 f"model config sets {attr}={val}: logits are transformed after the LM head, which the chunked head "
                 f"does not reproduce; set train.logprob_chunk_tokens=0 (full logits from the model)"
@@ -153,6 +154,11 @@ def scored_log_probs(
     """
     B, T = input_ids.shape
     dev = input_ids.device
+    lengths = attention_mask.sum(-1)
+    if B == 0 or int(lengths.max()) == 0:
+        raise ValueError("scored_log_probs: no tokens (every row is empty)")
+    if not bool((attention_mask.bool() == (torch.arange(T, device=dev)[None, :] < lengths[:, None])).all()):
+        raise ValueError("scored_log_probs: rows must be right-padded (attention_mask 1…1 0…0 per row)")
     score = score_mask.bool() & attention_mask.bool()
     score[:, 0] = False
     if spec.packing == "rows":
@@ -171,7 +177,7 @@ def scored_log_probs(
     if spec.packing != "tree":
         raise ValueError(f"train.packing must be 'tree' or 'rows', got {spec.packing!r}")
 
-    pack = pack_rows(input_ids.cpu(), attention_mask.sum(-1).cpu())
+    pack = pack_rows(input_ids.cpu(), lengths.cpu())
     N = pack.n_tokens
     score_cpu = score.cpu()
     need = torch.zeros(N, dtype=torch.bool)
@@ -180,6 +186,10 @@ def scored_log_probs(
     sel = need.nonzero()[:, 0]  # [M] packed nodes
     ids, pos = pack.ids[None].to(dev), pack.pos[None].to(dev)
     if spec.attention == "dense":
+        impl = getattr(getattr(getattr(model, "module", model), "config", None), "_attn_implementation", "sdpa")
+        if impl != "sdpa":  # the boolean mask goes to the attention as is; only SDPA reads it as a mask
+            raise ValueError(f"train.tree_attention=dense needs the model's sdpa attention, it uses {impl!r}; "
+                             f"use train.tree_attention=blocked")
         mask = pack.ancestor_mask()[None, None].to(dev)  # [1, 1, N, N]
 
         def run(m: torch.nn.Module) -> Any:
@@ -190,7 +200,7 @@ def scored_log_probs(
                 "scored_log_probs: the model recomputes activations in backward (gradient checkpointing), so the "
                 "backward of a tree-packed forward must run inside `with use_tree_attention(model):` too"
             )
-        plan = plan_tree_attention(pack, spec.attention_block).to(dev)
+        plan = plan_tree_attention(pack, spec.attention_block, recompute=spec.attention_recompute).to(dev)
 
         def run(m: torch.nn.Module) -> Any:
             with use_tree_attention(m):

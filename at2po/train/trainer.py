@@ -128,6 +128,7 @@ def train(
         if last:
             log.print(f"resuming from {last} (step {start})")
     result = TrainResult(run_dir=run_dir, steps_done=start, final_dir=None)
+    mem = PhaseMemory()  # samples RSS / CUDA memory on a thread: the per-phase peaks of each step
 
     def run_eval(step: int) -> None:
         if not test_set:
@@ -148,7 +149,6 @@ def train(
             log.start_progress(cfg.train.steps, completed=start)
         budget = cfg.train.max_generated_tokens
         spec = forward_spec(cfg.train)
-        mem = PhaseMemory()
         result.stopped_by_budget = budget is not None and gen_total >= budget  # resumed after a budget stop
         for step in range(start + 1, start + 1 if result.stopped_by_budget else cfg.train.steps + 1):
             t_step = time.perf_counter()
@@ -250,6 +250,7 @@ def train(
     finally:  # also on NonFiniteError / KeyboardInterrupt: close the progress bar, TensorBoard, tool threads
         log.close()
         env.close()
+        mem.close()
     return result
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import AttentionInterface
 
 from at2po.core.packing import TriePack
@@ -45,11 +46,12 @@ class TreeAttentionPlan:
     n_blocks: int
     groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (blocks [G], key index [G, L], mask [G, 1, Bq, L])
     order: torch.Tensor  # [n_blocks]: inverse permutation from the groups' concatenated blocks back to block order
+    recompute: bool = False  # gather keys/values again in backward instead of keeping the gathered copies
     _additive: dict[torch.dtype, list[torch.Tensor]] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> TreeAttentionPlan:
         groups = [(b.to(device), k.to(device), m.to(device)) for b, k, m in self.groups]
-        return TreeAttentionPlan(self.n_tokens, self.block, self.n_blocks, groups, self.order.to(device))
+        return TreeAttentionPlan(self.n_tokens, self.block, self.n_blocks, groups, self.order.to(device), self.recompute)
 
     def additive_masks(self, dtype: torch.dtype) -> list[torch.Tensor]:
         """The groups' masks as 0 / −inf in ``dtype``, made once per forward and shared by every layer: SDPA turns a
@@ -66,12 +68,16 @@ class TreeAttentionPlan:
         return sum(int(k.numel()) * self.block for _, k, _ in self.groups)
 
 
-def plan_tree_attention(pack: TriePack, block: int = 128, group_ratio: float = 0.75) -> TreeAttentionPlan:
+def plan_tree_attention(pack: TriePack, block: int = 128, group_ratio: float = 0.75, recompute: bool = False) -> TreeAttentionPlan:
     """Blocks of ``block`` queries and their keys (module docstring). Blocks are sorted by key length and a group
-    is cut when a block's key length falls below ``group_ratio`` × the group's longest (bounding padding waste)."""
+    is cut when a block's key length falls below ``group_ratio`` × the group's longest (bounding padding waste).
+    ``recompute``: each group's gathered keys/values (≈ N · (depth/block + 1) entries per layer, more than the
+    packed ones for deep paths) are not kept for backward but gathered and attended again there."""
     if block < 1:
         raise ValueError(f"plan_tree_attention: block must be ≥ 1, got {block}")
     N = pack.n_tokens
+    if N == 0:
+        raise ValueError("plan_tree_attention: the pack has no tokens")
     nb = max(1, -(-N // block))
     q0 = torch.arange(nb) * block  # [nb]
     q0c = q0.clamp(max=max(N - 1, 0))
@@ -107,7 +113,7 @@ def plan_tree_attention(pack: TriePack, block: int = 128, group_ratio: float = 0
         mask[:, :, 0] |= ~qvalid  # padding queries attend to one key (an all-masked row would give NaN)
         groups.append((blocks, kidx, mask[:, None]))
     order = torch.argsort(torch.cat([g[0] for g in groups]))
-    return TreeAttentionPlan(N, block, nb, groups, order)
+    return TreeAttentionPlan(N, block, nb, groups, order, recompute)
 
 
 def tree_sdpa_attention_forward(
@@ -134,18 +140,34 @@ def tree_sdpa_attention_forward(
     Bq, nb = plan.block, plan.n_blocks
     q = F.pad(query[0], (0, 0, 0, nb * Bq - N)).view(H, nb, Bq, D).transpose(0, 1)  # [nb, H, Bq, D]
     k, v = key[0], value[0]  # [H_kv, N, D]
+    # CPU's flash kernel takes grouped key/value heads with a mask; CUDA's fused kernels do not (SDPA would fall back
+    # to the math kernel), so there the key/value heads are repeated
+    gqa = H != Hkv and query.device.type == "cpu"
+    if H != Hkv and not gqa:
+        k, v = k.repeat_interleave(H // Hkv, 0), v.repeat_interleave(H // Hkv, 0)
     outs = []
     for (blocks, kidx, _), mask in zip(plan.groups, plan.additive_masks(query.dtype)):
-        G, L = kidx.shape
-        flat = kidx.reshape(-1)
-        kg = k.index_select(1, flat).view(Hkv, G, L, D).transpose(0, 1)  # [G, H_kv, L, D]
-        vg = v.index_select(1, flat).view(Hkv, G, L, D).transpose(0, 1)
-        outs.append(F.scaled_dot_product_attention(
-            q.index_select(0, blocks), kg, vg, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=H != Hkv,
-        ))  # [G, H, Bq, D]
+        args = (q, k, v, blocks, kidx, mask, dropout, scaling, gqa)
+        if plan.recompute and torch.is_grad_enabled():  # keep only q, k, v for backward, not the gathered keys
+            outs.append(checkpoint(_group_attention, *args, use_reentrant=False))
+        else:
+            outs.append(_group_attention(*args))
     out = torch.cat(outs).index_select(0, plan.order)  # [nb, H, Bq, D]
     out = out.transpose(1, 2).reshape(nb * Bq, H, D)[:N]  # [N, H, D]
     return out.unsqueeze(0), None
+
+
+def _group_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocks: torch.Tensor, kidx: torch.Tensor,
+                     mask: torch.Tensor, dropout: float, scaling: float | None, gqa: bool) -> torch.Tensor:
+    """One group's blocks: q [nb, H, Bq, D], k/v [H_kv, N, D], key index [G, L] → [G, H, Bq, D]."""
+    G, L = kidx.shape
+    Hk, D = k.shape[0], k.shape[-1]
+    flat = kidx.reshape(-1)
+    kg = k.index_select(1, flat).view(Hk, G, L, D).transpose(0, 1)  # [G, H_kv, L, D]
+    vg = v.index_select(1, flat).view(Hk, G, L, D).transpose(0, 1)
+    return F.scaled_dot_product_attention(
+        q.index_select(0, blocks), kg, vg, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=gqa
+    )
 
 
 AttentionInterface.register(NAME, tree_sdpa_attention_forward)

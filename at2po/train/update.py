@@ -69,7 +69,8 @@ class UpdateStats:
 
 def forward_spec(tcfg: TrainConfig) -> ForwardSpec:
     """How the trainer runs the model (``train.packing``, ``train.logprob_chunk_tokens``, tree attention)."""
-    return ForwardSpec(tcfg.packing, tcfg.logprob_chunk_tokens, tcfg.tree_attention, tcfg.tree_attention_block)
+    return ForwardSpec(tcfg.packing, tcfg.logprob_chunk_tokens, tcfg.tree_attention, tcfg.tree_attention_block,
+                       tcfg.tree_attention_recompute)
 
 
 def backward_scope(model: torch.nn.Module, spec: ForwardSpec) -> contextlib.AbstractContextManager[None]:

@@ -280,3 +280,41 @@ def test_gradient_checkpointing_needs_the_scope_and_then_matches(batches, sft_mo
         packed = _grads(model, (out.log_prob * w).sum())
     flat = _grads(model, (token_log_probs(model, batch.input_ids, batch.attention_mask) * w).sum())
     _assert_grads_close(packed, flat, "gradient checkpointing")
+
+
+def test_bad_inputs_are_refused(random_llama) -> None:
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    left_padded = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    with pytest.raises(ValueError, match="right-padded"):
+        scored_log_probs(random_llama, ids, left_padded, left_padded, 1.0, TREE)
+    with pytest.raises(ValueError, match="no tokens"):
+        scored_log_probs(random_llama, ids, torch.zeros_like(ids), torch.zeros_like(ids), 1.0, TREE)
+    random_llama.config._attn_implementation = "eager"  # eager adds a boolean mask instead of masking with it
+    try:
+        with pytest.raises(ValueError, match="tree_attention=dense needs the model's sdpa"):
+            scored_log_probs(random_llama, ids, torch.ones_like(ids), torch.ones_like(ids), 1.0,
+                             ForwardSpec("tree", 4, "dense"))
+        blocked = scored_log_probs(random_llama, ids, torch.ones_like(ids), torch.ones_like(ids), 1.0, TREE)
+    finally:
+        random_llama.config._attn_implementation = "sdpa"
+    ref = token_log_probs(random_llama, ids, torch.ones_like(ids))
+    torch.testing.assert_close(blocked.log_prob[:, 1:], ref[:, 1:], rtol=0, atol=1e-5)  # blocked ignores the setting
+
+
+def test_nothing_scored_with_a_wrapped_head_still_backpropagates(random_llama) -> None:
+    """A head that is not a plain Linear takes the checkpointed path; a micro-batch without scored tokens must give
+    a loss whose backward is a no-op, not an error."""
+    from at2po.train.chunked_head import chunked_log_probs
+
+    head = torch.nn.Sequential(random_llama.get_output_embeddings())
+    hidden = torch.randn(0, 32, requires_grad=True)
+    lp, ent = chunked_log_probs(hidden, head, torch.zeros(0, dtype=torch.long), 1.0, 4, with_entropy=True)
+    (lp.sum() + ent.sum()).backward()
+    h = torch.randn(5, 32, requires_grad=True)
+    y = torch.randint(0, 48, (5,))
+    lp2, _ = chunked_log_probs(h, head, y, 0.8, 2)
+    ref = torch.log_softmax(head(h).float() / 0.8, -1).gather(1, y[:, None])[:, 0]
+    torch.testing.assert_close(lp2, ref, rtol=0, atol=1e-6)
+    g1 = torch.autograd.grad(lp2.sum(), h)[0]
+    g2 = torch.autograd.grad(ref.sum(), h)[0]
+    torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-7)
