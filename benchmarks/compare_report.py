@@ -69,7 +69,7 @@ def run_row(run: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]], 
         row.update({"em_before": first["overall"]["em"], "em_after": last["overall"]["em"],
                     "f1_after": last["overall"]["f1"], "format_after": last["overall"]["format_ok"],
                     "turns_after": last["overall"]["turns"], "tool_calls_after": last["overall"]["tool_calls"]})
-        for h in (1, 2, 3):
+        for h in (1, 2, 3, 4):
             row[f"em_{h}hop"] = _mean([r["em"] for r in final if hops.get(r["id"]) == h])
     return row, recs, final
 
@@ -84,7 +84,8 @@ def _fmt(xs: list[float], digits: int = 3) -> str:
 SUMMARY_COLS = {
     "efficiency": [("gen_tokens_per_leaf", 1), ("prefill_tokens_per_leaf", 1), ("leaves", 0), ("rollout_s_per_step", 2),
                    ("update_s_per_step", 2), ("peak_rss_mb", 0), ("peak_cuda_mb", 0)],
-    "default": [("em_after", 3), ("em_before", 3), ("em_1hop", 3), ("em_2hop", 3), ("em_3hop", 3), ("turns_after", 2),
+    "default": [("em_after", 3), ("em_before", 3), ("em_1hop", 3), ("em_2hop", 3), ("em_3hop", 3), ("em_4hop", 3),
+                ("turns_after", 2),
                 ("rollout_em_last3", 3), ("entropy_last3", 3), ("h_turn_mean", 3), ("clipfrac_mean", 4),
                 ("equal_reward_prompt_frac", 2),
                 ("steps", 0), ("generated_tokens", 0)],
@@ -113,9 +114,36 @@ def write_report(table: str, runs: list[dict[str, Any]], out: Path, command: str
     for label, rs in by.items():
         lines.append(f"| {label} | {','.join(str(r['seed']) for r in rs)} | "
                      + " | ".join(_fmt([r.get(c) for r in rs], d) for c, d in cols) + " |")
+    if table != "efficiency":
+        lines += ["", *comparison_lines(table, by)]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     _plots(table, parsed, out)
+
+
+def comparison_lines(table: str, by: dict[str, list[dict[str, Any]]], metric: str = "em_after") -> list[str]:
+    """Per row: each seed's ``metric``, the mean with its bootstrap 95 % interval, and the paired-by-seed 95 %
+    interval of the difference to the reference row — GRPO in the methods and wiki tables, the previous row in the
+    ablation, the first row (the paper's default) otherwise."""
+    from at2po.core.stats import bootstrap_ci, paired_difference_ci
+
+    labels = list(by)
+    vals = {lab: {int(r["seed"]): float(r[metric]) for r in by[lab] if isinstance(r.get(metric), (int, float))}
+            for lab in labels}
+    ref_name = {"methods": "grpo", "wiki": "grpo"}.get(table)
+    out = [f"**{metric}: per seed, mean [95 % bootstrap CI], and the paired-by-seed difference to "
+           f"{'`' + ref_name + '`' if ref_name else ('the previous row' if table == 'ablation' else 'the first row')} "
+           f"[95 % CI]**", "", "| row | per seed | mean [CI] | difference [CI] |", "|---|---|---|---|"]
+    for i, lab in enumerate(labels):
+        if ref_name:
+            ref = ref_name if ref_name in vals and lab != ref_name else None
+        else:
+            ref = labels[i - 1] if table == "ablation" and i > 0 else (labels[0] if i > 0 else None)
+        per_seed = ", ".join(f"{s}: {v:.3f}" for s, v in sorted(vals[lab].items()))
+        m = bootstrap_ci(list(vals[lab].values()))
+        diff = f"{paired_difference_ci(vals[lab], vals[ref])} vs {ref}" if ref else "–"
+        out.append(f"| {lab} | {per_seed} | {m.mean:.3f} [{m.low:.3f}, {m.high:.3f}] | {diff} |")
+    return out
 
 
 def _plots(table: str, parsed: list[tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]], out: Path) -> None:
