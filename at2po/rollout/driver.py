@@ -21,6 +21,7 @@ so both schedules build the same trees; only the phase count and wall time diffe
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -132,10 +133,16 @@ def _run_trees(runner: PhaseRunner, trees: list[TurnTree], cfg: RolloutConfig) -
         for row, t in enumerate(ts):
             tree = trees[t]
             picked: dict[int, int] = {}  # forks of each node so far in this round (a node may be picked twice)
+            cand = [i for i in range(1, len(tree.nodes)) if cfg.expand_leaves or tree.nodes[i].children]
+            cand_h = np.array([tree.nodes[i].entropy for i in cand], dtype=np.float64)  # [C]
             for g in picks[row]:
                 if g < 0:
                     continue
                 n = int(g - offsets[row])
+                # diagnostics: the depth of the re-sampled turn (0 = a new chain) and where the forked node's H
+                # ranks among the tree's candidates (1 = the highest, 0 = the lowest)
+                rank = (float((cand_h < tree.nodes[n].entropy).sum()) / max(len(cand) - 1, 1)) if n else math.nan
+                tree.meta.setdefault("fork_log", []).append((tree.depth(n) if n else 0, rank))
                 j = picked[n] = picked.get(n, -1) + 1
                 if n == 0:  # the root: a new independent chain
                     group = next_group[t] if random_groups else 0
@@ -200,7 +207,7 @@ def _same_turn_same_entropy(trees: list[TurnTree], entropy: np.ndarray, offsets:
 # The metrics of ``_metrics`` that are totals over the rollout (they add up over several rollouts, e.g. DAPO's
 # extra generation batches); the others are rates or means.
 ADDITIVE_METRICS = frozenset({
-    "generated_tokens", "prefill_tokens", "cached_tokens", "tool_calls", "tool_errors", "invalid_turns",
+    "generated_tokens", "prefill_tokens", "cached_tokens", "forks", "tool_calls", "tool_errors", "invalid_turns",
     "limit_hits", "turns", "leaves", "phases", "decode_steps", "kv_read", "kv_live", "evicted_tokens", "wall_s", "gen_s", "tool_s",
     "tool_wait_s",
 })
@@ -214,6 +221,8 @@ def _metrics(trees: list[TurnTree], runner: PhaseRunner, engine: Engine, s0: dic
     resp = np.array([len(tree.context_ids(i, include_gen=True)) - len(tree.prompt_ids) for tree, i in leaves], dtype=np.float64)
     ends = [tree.nodes[i].end.value for tree, i in leaves]
     node_depths = [tree.depth(i) for tree in trees for i in range(1, len(tree.nodes))]
+    fork_log = np.array([f for tree in trees for f in tree.meta.get("fork_log", [])], dtype=np.float64).reshape(-1, 2)
+    below = fork_log[fork_log[:, 0] > 0]  # forks below the root: [F, (depth, entropy rank)]
     out = {
         "generated_tokens": float(s1["generated_tokens"] - s0["generated_tokens"]),
         "prefill_tokens": float(s1["prefill_tokens"] - s0["prefill_tokens"]),
@@ -225,6 +234,7 @@ def _metrics(trees: list[TurnTree], runner: PhaseRunner, engine: Engine, s0: dic
         "turns": float(sum(len(t.nodes) - 1 for t in trees)),
         "turns_mean": float(depths.mean()) if len(depths) else 0.0,
         "depth_mean": float(np.mean(node_depths)) if node_depths else 0.0,
+        "forks": float(len(fork_log)),
         "leaves": float(len(leaves)),
         "leaves_per_tree": float(len(leaves) / len(trees)),
         "response_tokens_mean": float(resp.mean()) if len(resp) else 0.0,
@@ -244,4 +254,9 @@ def _metrics(trees: list[TurnTree], runner: PhaseRunner, engine: Engine, s0: dic
     for k in metric_names:
         vals = [tree.nodes[i].info.get("metrics", {}).get(k, np.nan) for tree, i in leaves]
         out[f"env/{k}"] = float(np.nanmean(np.asarray(vals, dtype=np.float64)))
+    if len(fork_log):  # rates only where there are forks (chains have none)
+        out["fork_root_frac"] = float((fork_log[:, 0] == 0).mean())
+    if len(below):
+        out["fork_depth_mean"] = float(below[:, 0].mean())
+        out["fork_entropy_rank"] = float(np.nanmean(below[:, 1]))
     return out

@@ -98,7 +98,7 @@ def layout(tree: TurnTree) -> tuple[np.ndarray, np.ndarray]:
 
 
 def render_png(tree: TurnTree, path: str | Path, title: str | None = None, dpi: int = 120) -> Path:
-    """Draw the tree to ``path`` (PNG/SVG/PDF by suffix): node colour = entropy H(n), ■ = tool call,
+    """Draw the tree to ``path`` (PNG/SVG/PDF by suffix): node colour and label = entropy H(n), ■ = tool call,
     ● = answer, ▲ = truncated, ✕ = ended by the env; dashed magenta edges = forked branches; leaves labelled with
     their reward; branch points ringed."""
     import matplotlib
@@ -133,17 +133,21 @@ def render_png(tree: TurnTree, path: str | Path, title: str | None = None, dpi: 
     ax.scatter(x[branch], y[branch], s=260, facecolors="none", edgecolors="magenta", linewidths=1.2, zorder=2)
     for i in nonroot:
         nd = tree.nodes[i]
+        ax.annotate(f"H {nd.entropy:.2f}", (x[i], y[i]), xytext=(0, 9), textcoords="offset points", ha="center",
+                    fontsize=6, color="0.25")
         if nd.tool_call:
             bad = not nd.info.get("tool", {}).get("ok", True)
-            ax.annotate(_snippet(nd.tool_call, 18) + (" ✗" if bad else ""), (x[i], y[i]), xytext=(6, 5),
+            ax.annotate(_snippet(nd.tool_call, 18) + (" ✗" if bad else ""), (x[i], y[i]), xytext=(8, -3),
                         textcoords="offset points", fontsize=6, color="red" if bad else "teal")
         if not nd.children:
             r = nd.reward
             ax.annotate(f"r={r:+.0f}" if float(r).is_integer() else f"r={r:+.2f}", (x[i], y[i]), xytext=(0, -14),
                         textcoords="offset points", ha="center", fontsize=7,
                         color="green" if r > 0 else ("red" if r < 0 else "0.3"))
+    if len(x):  # room for the right-most node's query label before the colour bar
+        ax.set_xlim(float(x.min()) - 0.6, float(x.max()) + 1.2)
     if sc is not None:
-        fig.colorbar(sc, ax=ax, label="turn entropy H(n)", fraction=0.03, pad=0.01)
+        fig.colorbar(sc, ax=ax, label="turn entropy H(n)", fraction=0.03, pad=0.02)
     handles = [Line2D([], [], marker=m, ls="", color="0.5", label=e.value) for e, m in markers.items() if e != TurnEnd.NONE]
     handles.append(Line2D([], [], ls="--", color="magenta", label="forked branch"))
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), fontsize=7, ncol=5, frameon=False)

@@ -26,18 +26,19 @@ from at2po.config import RunConfig, load_config
 # Sized for 2 CPU cores: see docs/sections/training.md for the measured time and before/after numbers.
 # The demos' observations use the same top-k and budget as the env below, so SFT sees what rollouts see.
 WORLD_KNOBS: dict[str, Any] = {
-    "n_train": 400, "n_test": 60, "hops": (0.5, 0.5, 0.0), "expert_noise": 0.1, "topk": 2, "max_obs_tokens": 256,
+    "n_train": 400, "n_test": 60, "hops": (0.0, 0.35, 0.35, 0.3), "n_people": 300, "n_companies": 60,
+    "expert_noise": 0.1, "topk": 2, "max_obs_tokens": 256,
 }
 MODEL_ARCH: dict[str, Any] = dict(
     hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2
 )
 VOCAB_SIZE = 4096  # large enough that most made-up names are single tokens: copying them is then easy
 QUICKSTART_OVERRIDES: list[str] = [
-    "train.steps=60", "train.batch_prompts=8", "train.mini_batch_prompts=4", "train.micro_batch_tokens=16384",
+    "train.steps=100", "train.batch_prompts=8", "train.mini_batch_prompts=4", "train.micro_batch_tokens=16384",
     "optim.lr=2e-4", "optim.max_grad_norm=1.0",
-    "rollout.m=4", "rollout.l=1", "rollout.k=4", "rollout.max_turn_tokens=48", "rollout.max_response_tokens=640",
+    "rollout.m=4", "rollout.l=1", "rollout.k=4", "rollout.max_turn_tokens=48", "rollout.max_response_tokens=1024",
     "rollout.max_concurrent_sequences=64",
-    "env.max_tool_calls=3", "env.topk=2", "env.max_obs_tokens=256",
+    "env.max_tool_calls=5", "env.topk=2", "env.max_obs_tokens=256",
     "sft.epochs=12", "sft.lr=3e-3", "sft.batch_rows=8",
     "eval.batch_prompts=64", "checkpoint.every=0", "logging.progress=false",
 ]
@@ -75,8 +76,16 @@ def _texts(world: Any) -> list[str]:
     return texts
 
 
-def render_tree(cfg: RunConfig, model_dir: Path, out_dir: Path) -> Path:
-    """Roll out one AT²PO tree on a test question with the trained policy; write it as text and as a PNG."""
+def _interest(tree: Any) -> tuple[int, int, float]:
+    """How much a tree shows: distinct leaf rewards, forks below the root, its highest turn entropy."""
+    rewards = {round(float(tree.nodes[i].reward), 6) for i in tree.leaves()}
+    below = sum(1 for n in tree.nodes[1:] if n.info.get("forked_from", 0))
+    return len(rewards), below, max((n.entropy for n in tree.nodes[1:]), default=0.0)
+
+
+def render_tree(cfg: RunConfig, model_dir: Path, out_dir: Path, candidates: int = 8) -> Path:
+    """Roll out AT²PO trees on the first ``candidates`` test questions with the trained policy and write the one
+    that shows most (mixed rewards first, then forks below the root, then entropy) as text and as a PNG."""
     from rich.console import Console as RichConsole
 
     from at2po.rollout.driver import rollout
@@ -86,9 +95,9 @@ def render_tree(cfg: RunConfig, model_dir: Path, out_dir: Path) -> Path:
     tok = load_tokenizer(model_dir)
     model = load_policy(cfg.model.model_copy(update={"path": str(model_dir), "lora_r": 0}), trainable=False)
     env = build_env(cfg, tok)
-    res = rollout(build_engine(model, tok, cfg), env, load_examples(cfg.data.test, 1), cfg.rollout)
+    res = rollout(build_engine(model, tok, cfg), env, load_examples(cfg.data.test, candidates), cfg.rollout)
     env.close()
-    tree = res.trees[0]
+    tree = max(res.trees, key=_interest)  # max keeps the first of equals
     rec = RichConsole(record=True, width=140, file=io.StringIO())  # capture only
     rec.print(render_text(tree))
     (out_dir / "tree.txt").write_text(rec.export_text())

@@ -60,6 +60,7 @@ def test_entropy_tree_has_m_plus_lk_leaves(tiny, scripted_env):
     m = res.metrics
     assert ADDITIVE_METRICS <= set(m)  # the totals summed over DAPO's extra batches are all reported
     assert m["leaves"] == len(QUESTIONS) * (cfg.m + cfg.l * cfg.k)
+    assert m["forks"] == len(QUESTIONS) * cfg.l * cfg.k and 0 <= m["fork_root_frac"] <= 1
     assert m["tool_calls"] > 0 and m["generated_tokens"] > 0 and m["turns_mean"] > 1
     assert m["prefill_tokens"] + m["cached_tokens"] > m["prefill_tokens"] > 0
 
@@ -82,6 +83,12 @@ def test_entropy_selection_forks_the_top_scoring_nodes(tiny, scripted_env):
         picked = sorted(n.info["forked_from"] for n in tree.nodes[n0:] if "forked_from" in n.info)
         assert picked == sorted(top.tolist())
         assert all(s[p] >= s[c] - 1e-12 for p in picked for c in cand if c not in picked)
+        # the fork diagnostics: the re-sampled turn's depth, and its entropy's rank among the non-root candidates
+        log = tree.meta["fork_log"]
+        assert sorted(d for d, _ in log) == sorted(tree.depth(p) if p else 0 for p in picked)
+        h = {i: tree.nodes[i].entropy for i in cand if i}
+        want = sorted(sum(v < h[p] for v in h.values()) / max(len(h) - 1, 1) for p in picked if p)
+        assert sorted(r for d, r in log if d) == pytest.approx(want)
 
 
 def canonical(trees: list[TurnTree]) -> list[list[tuple]]:
