@@ -1,32 +1,43 @@
 """Equal-budget comparison of RL methods on the synthetic multi-hop world — one command per table.
 
-    python benchmarks/compare.py --table methods    --seeds 0,1,2       # (a) AT²PO vs GRPO, DAPO, GSPO, Tree-GRPO
-    python benchmarks/compare.py --table ablation   --seeds 0,1,2       # (b) progressive ablation
-    python benchmarks/compare.py --table credit     --seeds 0,1,2       # (c) value/advantage modes (paper's 8 rows)
-    python benchmarks/compare.py --table efficiency --steps 3           # (d) chains vs random tree vs entropy tree
-    python benchmarks/compare.py --table methods --size gpu --seeds 0,1,2   # the same grid, larger, vLLM engine
-    python benchmarks/compare.py --table wiki       --seeds 0 --threads 2   # AT²PO vs GRPO, SmolLM2 on Wikipedia
+    python benchmarks/compare.py --table methods  --jobs 2       # (a) AT²PO vs GRPO, DAPO, GSPO, Tree-GRPO, 5 seeds
+    python benchmarks/compare.py --table ablation --jobs 2       # (b) progressive ablation
+    python benchmarks/compare.py --table credit   --seeds 0,1,2  # (c) value/advantage modes (paper's 8 rows)
+    python benchmarks/compare.py --table efficiency --steps 3    # (d) chains vs random tree vs entropy tree
+    python benchmarks/compare.py --table methods --world-seed 1  # the same kind of world from another seed
+    python benchmarks/compare.py --table methods --size gpu      # the same grid, larger, vLLM engine
+    python benchmarks/compare.py --table wiki --seeds 0,1,2 --threads 2   # AT²PO vs GRPO, SmolLM2 on Wikipedia
+    python benchmarks/compare.py --table methods --report-only   # re-report from the committed run records
 
-Every run starts from ONE shared warm start, built once per size and cached in ``--work-dir``: the world
-(1-, 2- and 3-hop questions, held-out test set, BM25 index, noisy expert demos), a tiny Llama with a BPE
-tokenizer trained on the world, and its SFT checkpoint. Each method runs from that checkpoint until its
-cumulative *generated* tokens reach ``--token-budget`` (``train.max_generated_tokens``), so every method gets the
-same sampling budget; curves use generated tokens as the x-axis.
+Protocol (fixed before any test result is looked at; BENCHMARKS.md explains each choice):
 
-Method settings come from the presets unchanged (losses, clips, credit, KL, DAPO's dynamic sampling). The size
-only sets the scale, identically for every method: prompts per step, the tree shape (paper M=10, L=2, K=6) and
-chain count (paper 16) scaled so a tree and a chain group cost about the same tokens ((M + L·K/2) ≈ n), turn and
-response lengths, and DAPO's overlong buffer kept at the paper's 2000/6192 of the response length.
+* ONE shared warm start per (size, world seed), built once and cached in ``--work-dir``: the world (default
+  ``cpu-hard``: 2- to 4-hop questions with ambiguous names and distractor documents), a stratified validation split
+  of its training questions (every 5th of each hop count), a tiny Llama with a BPE tokenizer trained on the world,
+  and its SFT checkpoint on noisy expert demonstrations.
+* Every run trains from that checkpoint on the remaining training questions until its cumulative *generated*
+  tokens reach ``--token-budget`` (``train.max_generated_tokens``): equal sampling budgets; curves use generated
+  tokens as the x-axis.
+* Method settings come from the presets unchanged (losses, clips, credit, KL, DAPO's dynamic sampling). The size
+  sets the scale identically for every method: prompts per step, the tree shape (paper M=10, L=2, K=6) and chain
+  count (paper 16) scaled so a tree and a chain group cost about the same tokens ((M + L·K/2) ≈ n), turn and
+  response lengths, and DAPO's overlong buffer kept at the paper's 2000/6192 of the response length.
+* The learning rate is the one shared setting chosen per row: every row runs the same ``--lr-grid`` on the
+  validation split (``--select-seeds``), and takes the lr of the highest final validation EM (mean over the selection
+  seeds; a tie to the smaller lr). Only then do the table's runs (``--seeds``) evaluate on the test split, once.
 
-Each run is a subprocess (its own peak memory; a crash does not stop the grid); a finished run (``bench.json``
-present) is not re-run, so an interrupted grid continues where it stopped. Outputs (small, committed):
-``benchmarks/results/<table>/{results.csv, summary.md, *.png}``. Run directories stay in ``--work-dir``.
+Each run is a subprocess (its own peak memory; a crash does not stop the grid), ``--jobs`` at a time. A finished
+run leaves a small record (spec, result, curves, code version) in
+``benchmarks/results/<table>/<size>-w<world seed>-b<budget>/{runs,select}/``; commit those: a run whose record
+exists is never re-run, so a grid continues across sessions and machines, and ``--report-only`` rebuilds
+``results.csv``, ``summary.md`` and the PNGs of that folder from the records alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -65,6 +76,20 @@ class Size:
 
 _ARCH_SMALL = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
 SIZES: dict[str, Size] = {
+    # The default testbed, built so that turns matter (docs: BENCHMARKS.md "the cpu-hard testbed"):
+    # * deep: 20/40/40 % 2-, 3- and 4-hop questions, 4.2 turns per expert trajectory on average;
+    # * uncertain turns: 30 % of names reuse or vary an earlier name (two "Varno Kel"s, a "Varno Kell"), 40
+    #   distractor documents that mention people and places without stating a relation compete in retrieval;
+    # * a warm start with something left to explore: 25 % of the demonstrations carry one deliberate mistake (a
+    #   wrong query that is then recovered from, an early answer, a wrong answer) and SFT runs 9 epochs, not 12
+    #   (held-out EM of the warm start on world 0: 6 epochs 0.07, 9 epochs 0.38, 12 epochs 0.48).
+    "cpu-hard": Size(
+        world=dict(n_train=500, n_test=100, n_sft=500, n_people=300, n_companies=60, hops=(0.0, 0.2, 0.4, 0.4),
+                   distractors=40, name_similarity=0.3, expert_noise=0.25, topk=2, max_obs_tokens=256),
+        arch=_ARCH_SMALL, vocab=4096, chains=6, tree=(4, 1, 4), batch_prompts=8, mini_batch_prompts=4,
+        max_turn_tokens=48, max_response_tokens=1024, max_tool_calls=5, lr=2e-4, sft=(9, 3e-3, 8),
+        budget=400_000, eval_every=20,
+    ),
     # ~1–2 min per run on one loaded CPU core; the quickstart's world/model, with 3-hop questions added
     "cpu-small": Size(
         world=dict(n_train=400, n_test=90, n_sft=500, hops=(0.3, 0.4, 0.3), expert_noise=0.1, topk=2, max_obs_tokens=256),
@@ -126,8 +151,38 @@ TABLES: dict[str, list[tuple[str, str, list[str]]]] = {  # label, preset, overri
 
 
 # --------------------------------------------------------------------------------------------- shared warm start
+SHARED_VERSION = 3  # bump when the warm start's recipe changes, so cached warm starts are rebuilt
+VAL_EVERY = 5  # every 5th training question of each hop count is held out for the lr selection
+
+
+def split_validation(train_path: Path, out_dir: Path, every: int = VAL_EVERY) -> tuple[Path, Path]:
+    """Hold out every ``every``-th training question of each hop count (stratified, deterministic): returns
+    (train_fit.jsonl, val.jsonl). Every run trains on train_fit; the lr selection evaluates on val; test stays unseen."""
+    rows = [json.loads(line) for line in train_path.read_text().splitlines() if line.strip()]
+    seen: dict[int, int] = {}
+    fit, val = [], []
+    for r in rows:
+        h = int(r.get("hops", 0))
+        seen[h] = seen.get(h, 0) + 1
+        (val if seen[h] % every == 0 else fit).append(r)
+    paths = out_dir / "train_fit.jsonl", out_dir / "val.jsonl"
+    for path, part in zip(paths, (fit, val)):
+        path.write_text("".join(json.dumps(r) + "\n" for r in part))
+    return paths
+
+
+def weights_digest(model_dir: Path) -> str:
+    """sha256 (first 16 hex digits) of a checkpoint's weight files: run records name the warm start they used."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(model_dir.glob("*.safetensors")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def build_shared(size_name: str, work: Path, world_seed: int = 0) -> dict[str, str]:
-    """World + tiny model + SFT checkpoint, built once per (size, world seed) and cached under ``work``."""
+    """World + validation split + tiny model + SFT checkpoint, built once per (size, world seed), cached in ``work``."""
     import torch
 
     from at2po.agent.world import make_world
@@ -139,13 +194,16 @@ def build_shared(size_name: str, work: Path, world_seed: int = 0) -> dict[str, s
     size = SIZES[size_name]
     root = work / f"shared-{size_name}-w{world_seed}"
     done = root / "shared.json"
-    if done.is_file():
+    if done.is_file() and json.loads(done.read_text()).get("version") == SHARED_VERSION:
         return json.loads(done.read_text())
     t0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the same warm start on every machine, so a grid can continue elsewhere
     torch.manual_seed(world_seed)
     world = make_world(root / "world", seed=world_seed, **size.world)
+    fit, val = split_validation(world.train, root / "world")
     model_dir = build_tiny_model(_texts(world), root / "model-init", vocab_size=size.vocab, seed=world_seed, **size.arch)
-    paths = {"train": str(world.train), "test": str(world.test), "index": str(world.index), "sft": str(world.sft)}
+    paths = {"train": str(fit), "val": str(val), "test": str(world.test), "index": str(world.index), "sft": str(world.sft)}
     epochs, lr, rows = size.sft
     cfg = load_config(preset="at2po", overrides=[
         f"model.path={model_dir}", f"data.train={paths['train']}", f"data.index={paths['index']}", f"data.sft={paths['sft']}",
@@ -154,7 +212,9 @@ def build_shared(size_name: str, work: Path, world_seed: int = 0) -> dict[str, s
         f"env.max_tool_calls={size.max_tool_calls}", "logging.progress=false",
     ])
     sft_dir = sft(cfg)
-    shared = {**paths, "sft_model": str(sft_dir), "build_s": time.perf_counter() - t0, "world_stats": world.stats}
+    torch.set_num_threads(threads)
+    shared = {**paths, "sft_model": str(sft_dir), "build_s": time.perf_counter() - t0, "world_stats": world.stats,
+              "version": SHARED_VERSION, "world_seed": world_seed, "warm_start_sha": weights_digest(Path(sft_dir))}
     done.write_text(json.dumps(shared, indent=2, default=str))
     return shared
 
@@ -198,16 +258,17 @@ def wiki_overrides(shared: dict[str, str], seed: int, budget: int | None, steps:
 
 
 def run_overrides(size: Size, shared: dict[str, str], preset: str, seed: int, budget: int | None, steps: int,
-                  out_dir: Path) -> list[str]:
-    """Config overrides of one run: data/model from the shared warm start, then the size's scale."""
+                  out_dir: Path, lr: float | None = None, split: str = "test") -> list[str]:
+    """Config overrides of one run: data/model from the shared warm start, then the size's scale. ``split`` is
+    the held-out set it is evaluated on (``val`` for the lr selection, ``test`` for the table)."""
     from at2po.presets import get_preset
 
     m, l, k = size.tree
     ov = [
-        f"model.path={shared['sft_model']}", f"data.train={shared['train']}", f"data.test={shared['test']}",
+        f"model.path={shared['sft_model']}", f"data.train={shared['train']}", f"data.test={shared[split]}",
         f"data.index={shared['index']}", f"train.output_dir={out_dir}", f"train.seed={seed}", f"rollout.seed={seed}",
         f"train.steps={steps}", f"train.batch_prompts={size.batch_prompts}",
-        f"train.mini_batch_prompts={size.mini_batch_prompts}", f"optim.lr={size.lr}",
+        f"train.mini_batch_prompts={size.mini_batch_prompts}", f"optim.lr={lr or size.lr}",
         f"rollout.n={size.chains}", f"{_M}={m}", f"{_L}={l}", f"{_K}={k}", f"rollout.engine={size.engine}",
         f"rollout.max_turn_tokens={size.max_turn_tokens}", f"rollout.max_response_tokens={size.max_response_tokens}",
         f"env.max_tool_calls={size.max_tool_calls}", f"env.topk={size.world['topk']}",
@@ -251,81 +312,187 @@ def size_name(args: argparse.Namespace) -> str:
     return "wiki-smollm2" if args.table == "wiki" else args.size
 
 
-def run_grid(args: argparse.Namespace) -> list[dict[str, Any]]:
+def code_version() -> str:
+    """``git describe --always --dirty`` of the checkout (stored in every run's result file)."""
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def slug(label: str) -> str:
+    return label.replace(" ", "_").replace("/", "-").replace("+", "p").replace("²", "2").replace("(", "").replace(")", "")
+
+
+def select_lr(records: list[dict[str, Any]], grid: list[float]) -> dict[str, float]:
+    """The selection rule, the same for every row: per row label, the grid lr with the highest final validation EM
+    averaged over the selection seeds; a tie goes to the smaller lr. A row is left out until every grid point of
+    it has a finished run."""
+    per: dict[str, dict[float, list[float]]] = {}
+    for r in records:
+        em = r["row"].get("em_after")
+        if isinstance(em, (int, float)):
+            per.setdefault(r["label"], {}).setdefault(float(r["lr"]), []).append(float(em))
+    chosen = {}
+    for label, by_lr in per.items():
+        if all(lr in by_lr for lr in grid):
+            means = {lr: sum(v) / len(v) for lr, v in by_lr.items() if lr in grid}
+            chosen[label] = max(sorted(means), key=lambda lr: means[lr])  # max keeps the first (smallest) of ties
+    return chosen
+
+
+@dataclass
+class Job:
+    """One training run of the grid: its run directory (in ``--work-dir``) and its small committed result file."""
+
+    label: str
+    preset: str
+    seed: int
+    lr: float | None
+    split: str  # val (lr selection) | test (the table)
+    run_dir: Path
+    record: Path
+    overrides: list[str]
+
+
+def run_jobs(jobs: list[Job], args: argparse.Namespace, spec_extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """Run the jobs whose result file is missing (``--jobs`` at a time, ``--threads`` torch threads each); return
+    every finished job's record. A run's record is written as soon as it finishes, so a killed grid continues."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from compare_report import load_record, run_record, save_record
+
+    def one(job: Job) -> dict[str, Any] | None:
+        if job.record.is_file():
+            return load_record(job.record)
+        bench = job.run_dir / "bench.json"
+        if not bench.is_file():
+            if job.run_dir.exists():  # an interrupted run: start it again from scratch
+                import shutil
+
+                shutil.rmtree(job.run_dir)
+            job.run_dir.mkdir(parents=True)
+            spec = {"table": args.table, "label": job.label, "preset": job.preset, "seed": job.seed, "lr": job.lr,
+                    "split": job.split, "size": size_name(args), "world_seed": args.world_seed,
+                    "threads": args.threads, "code_version": code_version(), "overrides": job.overrides, **spec_extra}
+            (job.run_dir / "spec.json").write_text(json.dumps(spec, indent=2))
+            print(f"[compare] {job.label} seed {job.seed} lr {job.lr} ({job.split}) → {job.run_dir}", flush=True)
+            with open(job.run_dir / "stdout.log", "w") as log:
+                rc = subprocess.call([sys.executable, __file__, "--run-one", str(job.run_dir / "spec.json")],
+                                     stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+            if rc != 0:
+                print(f"[compare] FAILED ({rc}): see {job.run_dir / 'stdout.log'}", flush=True)
+                return None
+        rec = run_record({"run_dir": str(job.run_dir), **json.loads(bench.read_text())})
+        save_record(rec, job.record)
+        print(f"[compare]   done {job.label} seed {job.seed}: {rec['steps_done']} steps, {rec['wall_s']:.0f} s, "
+              f"EM {rec['row'].get('em_before', float('nan')):.3f} → {rec['row'].get('em_after', float('nan')):.3f}",
+              flush=True)
+        return rec
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        return [r for r in pool.map(one, jobs) if r is not None]
+
+
+def table_budget(args: argparse.Namespace) -> int | None:
+    """Generated tokens per run: ``--token-budget``, else the size's (the wiki task's); the efficiency table has none."""
+    if args.table == "efficiency":
+        return None
+    return args.token_budget or (WIKI_BUDGET if args.table == "wiki" else SIZES[args.size].budget)
+
+
+def results_dir(args: argparse.Namespace, budget: int | None) -> Path:
+    """``benchmarks/results/<table>/<size>-w<world seed>-b<budget>``: one folder per grid (``--out`` overrides)."""
+    grid = f"{size_name(args)}-w{args.world_seed}-b{budget or 0}"
+    return Path(args.out) if args.out else ROOT / "benchmarks" / "results" / args.table / grid
+
+
+def run_grid(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, float]]:
+    """lr selection on the validation split (when a grid is given), then the table's runs on the test split.
+    Returns (test records, selection records, chosen lr per row)."""
     wiki = args.table == "wiki"
     size = SIZES[args.size]
     work = Path(args.work_dir)
-    print(f"[compare] shared warm start for {'the wiki task' if wiki else 'size ' + args.size} …", flush=True)
-    shared = build_shared_wiki() if wiki else build_shared(args.size, work)
-    budget = None if args.table == "efficiency" else (args.token_budget or (WIKI_BUDGET if wiki else size.budget))
+    budget = table_budget(args)
     steps = args.steps or (3 if args.table == "efficiency" else 10_000)  # a budgeted run stops at its budget
+    out = results_dir(args, budget)
     rows = [r for r in TABLES[args.table] if not args.only or r[0] in args.only.split(",")]
-    done: list[dict[str, Any]] = []
-    for seed in args.seeds:
-        for label, preset, extra in rows:
-            slug = label.replace(" ", "_").replace("/", "-").replace("+", "p").replace("²", "2").replace("(", "").replace(")", "")
-            run_dir = work / f"{args.table}-{size_name(args)}-b{budget or 0}" / f"{slug}-s{seed}"
-            bench = run_dir / "bench.json"
-            if not bench.is_file():
-                if run_dir.exists():  # an interrupted run: start it again from scratch
-                    import shutil
+    print(f"[compare] shared warm start for {'the wiki task' if wiki else 'size ' + args.size} …", flush=True)
+    shared = build_shared_wiki() if wiki else build_shared(args.size, work, args.world_seed)
+    run_root = work / f"{args.table}-{size_name(args)}-w{args.world_seed}-b{budget or 0}"
+    extra = {"config": shared.get("config"), "budget": budget,
+             "warm_start_sha": shared.get("warm_start_sha") or weights_digest(Path(shared["sft_model"]))}
 
-                    shutil.rmtree(run_dir)
-                run_dir.mkdir(parents=True)
-                if wiki:
-                    overrides = wiki_overrides(shared, seed, budget, steps, run_dir) + extra
-                else:
-                    overrides = run_overrides(size, shared, preset, seed, budget, steps, run_dir) + extra
-                if args.table == "efficiency":  # rollout/update cost only: no held-out evaluation
-                    overrides.append("data.test=null")
-                overrides += args.set
-                spec = {"table": args.table, "label": label, "preset": preset, "seed": seed,
-                        "size": size_name(args), "config": shared.get("config"),
-                        "budget": budget, "threads": args.threads, "overrides": overrides}
-                (run_dir / "spec.json").write_text(json.dumps(spec, indent=2))
-                print(f"[compare] {label} seed {seed} → {run_dir}", flush=True)
-                with open(run_dir / "stdout.log", "w") as log:
-                    rc = subprocess.call([sys.executable, __file__, "--run-one", str(run_dir / "spec.json")],
-                                         stdout=log, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
-                if rc != 0:
-                    print(f"[compare] FAILED ({rc}): see {run_dir / 'stdout.log'}", flush=True)
-                    continue
-            done.append({"run_dir": str(run_dir), **json.loads(bench.read_text())})
-            print(f"[compare]   done: {done[-1]['steps_done']} steps, {done[-1]['wall_s']:.0f} s", flush=True)
-    return done
+    def job(label: str, preset: str, ov: list[str], seed: int, lr: float | None, split: str) -> Job:
+        tag = f"{slug(label)}-s{seed}" if split == "test" else f"{slug(label)}-lr{lr:g}-s{seed}"
+        run_dir = run_root / ("runs" if split == "test" else "select") / tag
+        if wiki:
+            overrides = wiki_overrides(shared, seed, budget, steps, run_dir) + ov
+        else:
+            overrides = run_overrides(size, shared, preset, seed, budget, steps, run_dir, lr=lr, split=split) + ov
+        if args.table == "efficiency":  # rollout/update cost only: no held-out evaluation
+            overrides.append("data.test=null")
+        return Job(label, preset, seed, lr, split, run_dir, out / ("runs" if split == "test" else "select") /
+                   f"{tag}.json", overrides + args.set)
+
+    grid = [] if wiki or args.table == "efficiency" else args.lr_grid
+    selection, chosen = [], {}
+    if grid:
+        mid = grid[len(grid) // 2]  # the middle lr of every row first: an early look at all rows, same for each
+        order = sorted(grid, key=lambda lr: (abs(math.log(lr / mid)), lr))
+        sel_jobs = [job(lab, pre, ov, s, lr, "val") for lr in order for lab, pre, ov in rows for s in args.select_seeds]
+        selection = run_jobs(sel_jobs, args, extra)
+        chosen = select_lr(selection, grid)
+        missing = [lab for lab, _, _ in rows if lab not in chosen]
+        if missing:
+            print(f"[compare] lr selection incomplete for {missing}: their test runs wait for it", flush=True)
+        rows = [r for r in rows if r[0] in chosen]
+    test_jobs = [job(lab, pre, ov, s, chosen.get(lab), "test") for s in args.seeds for lab, pre, ov in rows]
+    return run_jobs(test_jobs, args, extra), selection, chosen
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--table", choices=sorted(TABLES), help="which table to produce")
-    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (train.seed = rollout.seed)")
-    ap.add_argument("--size", choices=sorted(SIZES), default="cpu-small")
+    ap.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (train.seed = rollout.seed)")
+    ap.add_argument("--size", choices=sorted(SIZES), default="cpu-hard")
+    ap.add_argument("--world-seed", type=int, default=0, help="seed of the world and of the warm start built on it")
+    ap.add_argument("--lr-grid", default="1e-4,2e-4,4e-4",
+                    help="lr grid searched per row on the validation split ('' = the size's lr for every row)")
+    ap.add_argument("--select-seeds", default="100", help="seeds of the lr-selection runs")
     ap.add_argument("--token-budget", type=int, default=None, help="generated tokens per run (default: the size's)")
     ap.add_argument("--steps", type=int, default=None, help="step cap (efficiency default 3; budgeted runs: none)")
     ap.add_argument("--only", default=None, help="comma-separated row labels to run (default: all rows)")
     ap.add_argument("--set", nargs="*", default=[], help="extra KEY=VALUE overrides for every run (applied last)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per run (runs are sequential)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time (2 × --threads 1 on a 2-core machine)")
     ap.add_argument("--work-dir", default="runs/bench", help="run directories and the cached warm start")
-    ap.add_argument("--out", default=None, help="results directory (default benchmarks/results/<table>)")
-    ap.add_argument("--report-only", action="store_true", help="rebuild CSV/plots from finished runs only")
+    ap.add_argument("--out", default=None, help="results directory (default benchmarks/results/<table>/<grid>)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rebuild the report from the committed result files only (no run directory needed)")
     ap.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.run_one:
         return run_one(Path(args.run_one))
     if not args.table:
         ap.error("--table is required")
-    args.seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
-    from compare_report import write_report
+    ints = lambda v: [int(x) for x in str(v).split(",") if x.strip()]
+    args.seeds, args.select_seeds = ints(args.seeds), ints(args.select_seeds)
+    args.lr_grid = sorted(float(x) for x in str(args.lr_grid).split(",") if x.strip())
+    from compare_report import load_record, write_report
 
+    out = results_dir(args, table_budget(args))
     if args.report_only:
-        runs = [json.loads(p.read_text()) | {"run_dir": str(p.parent)}
-                for p in sorted(Path(args.work_dir).glob(f"{args.table}-{size_name(args)}-*/*/bench.json"))]
+        runs = [load_record(p) for p in sorted((out / "runs").glob("*.json"))]
+        selection = [load_record(p) for p in sorted((out / "select").glob("*.json"))]
+        chosen = select_lr(selection, args.lr_grid) if selection else {}
     else:
-        runs = run_grid(args)
-    out = Path(args.out or ROOT / "benchmarks" / "results" / args.table)
+        runs, selection, chosen = run_grid(args)
     write_report(args.table, runs, out, command=" ".join(["python", "benchmarks/compare.py",
-                                               *[a for a in (argv or sys.argv[1:]) if a != "--report-only"]]))
+                                               *[a for a in (argv or sys.argv[1:]) if a != "--report-only"]]),
+                 selection=selection, chosen=chosen, seeds=args.seeds)
     print(f"[compare] wrote {out}", flush=True)
 
 

@@ -1,6 +1,11 @@
 """Tables and plots of a ``benchmarks/compare.py`` grid: ``results.csv`` (one row per run), ``summary.md``
-(mean ± std over seeds per row label) and PNGs (held-out EM vs generated tokens, entropy and H_turn vs steps,
-turn counts of the final policies, EM by hop count; efficiency: cost per leaf and per step)."""
+(per row: mean ± std, every seed, bootstrap and paired-by-seed CIs; the warm start; the lr selection) and PNGs
+(held-out EM vs generated tokens with 95 % bands, entropy and H_turn vs steps, turn counts of the final policies,
+EM by hop count; efficiency: cost per leaf and per step).
+
+Each finished run is kept as one small *record* (``run_record``): its spec and result, its CSV row, the curves the
+plots need and the final policy's turn counts. Records are committed under ``<results>/runs/`` (and
+``<results>/select/`` for the lr selection), so a report can be rebuilt from them alone (``--report-only``)."""
 
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ def run_row(run: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]], 
     gen, leaves = sum(col("rollout/generated_tokens")), sum(col("rollout/leaves"))
     row: dict[str, Any] = {
         "table": run["table"], "label": run["label"], "preset": run["preset"], "seed": run["seed"], "size": run["size"],
+        "world_seed": run.get("world_seed", 0), "lr": run.get("lr"), "split": run.get("split", "test"),
         "budget": run["budget"], "steps": run["steps_done"], "generated_tokens": gen,
         "prefill_tokens": sum(col("rollout/prefill_tokens")), "leaves": leaves,
         "gen_tokens_per_leaf": gen / leaves if leaves else math.nan,
@@ -56,8 +62,12 @@ def run_row(run: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]], 
         "h_turn_mean": _mean(col("actor/turn_entropy")), "h_turn_last3": _mean(col("actor/turn_entropy")[-3:]),
         "clipfrac_mean": _mean(col("actor/pg_clipfrac")), "clipfrac_turn_mean": _mean(col("actor/pg_clipfrac_turn")),
         "turns_rollout_mean": _mean(col("rollout/turns_mean")),
+        "turns_rollout_first3": _mean(col("rollout/turns_mean")[:3]),
+        "equal_reward_first3": _mean(col("rollout/equal_reward_prompt_frac")[:3]),
         "equal_reward_prompt_frac": _mean(col("rollout/equal_reward_prompt_frac")),
         "adv_zero_frac": _mean(col("adv/zero_frac")),
+        "fork_root_frac": _mean(col("rollout/fork_root_frac")), "fork_depth_mean": _mean(col("rollout/fork_depth_mean")),
+        "fork_entropy_rank": _mean(col("rollout/fork_entropy_rank")),
         "wall_s": run["wall_s"], "peak_rss_mb": run["peak_rss_mb"], "peak_cuda_mb": run.get("peak_cuda_mb"),
     }
     final: list[dict[str, Any]] = []
@@ -71,7 +81,33 @@ def run_row(run: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]], 
                     "turns_after": last["overall"]["turns"], "tool_calls_after": last["overall"]["tool_calls"]})
         for h in (1, 2, 3, 4):
             row[f"em_{h}hop"] = _mean([r["em"] for r in final if hops.get(r["id"]) == h])
+            row[f"em_before_{h}hop"] = _mean([r["em"] for r in first["records"] if hops.get(r["id"]) == h])
     return row, recs, final
+
+
+CURVES = {"eval/em": "tokens", "rollout/em": "tokens", "actor/entropy": "step", "actor/turn_entropy": "step"}
+
+
+def run_record(run: dict[str, Any]) -> dict[str, Any]:
+    """The small, self-contained result of one finished run (what ``--report-only`` needs; no run directory)."""
+    row, recs, final = run_row(run)
+    series = {}
+    for key, x in CURVES.items():
+        xs, ys = metric_series(recs, key, x)
+        series[key] = {"x": xs, "y": ys}
+    keep = {k: v for k, v in run.items() if k != "run_dir"}
+    return {**keep, "row": row, "series": series, "final_turns": [round(float(r["turns"])) for r in final]}
+
+
+def save_record(record: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=float))
+    tmp.replace(path)  # atomic: a half-written record never looks finished
+
+
+def load_record(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
 
 
 def _fmt(xs: list[float], digits: int = 3) -> str:
@@ -92,13 +128,15 @@ SUMMARY_COLS = {
 }
 
 
-def write_report(table: str, runs: list[dict[str, Any]], out: Path, command: str) -> None:
+def write_report(table: str, records: list[dict[str, Any]], out: Path, command: str,
+                 selection: list[dict[str, Any]] | None = None, chosen: dict[str, float] | None = None,
+                 seeds: list[int] | None = None) -> None:
+    """``results.csv``, ``summary.md`` and the PNGs of one grid, from its run records."""
     out.mkdir(parents=True, exist_ok=True)
-    if not runs:
+    if not records:
         print("[compare] no finished runs to report")
         return
-    parsed = [run_row(r) for r in runs]
-    rows = [p[0] for p in parsed]
+    rows = [r["row"] for r in records]
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
@@ -109,8 +147,17 @@ def write_report(table: str, runs: list[dict[str, Any]], out: Path, command: str
     by: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by[r["label"]].append(r)
-    lines = [f"`{command}`", "", "| row | seeds | " + " | ".join(c for c, _ in cols) + " |",
-             "|---|---|" + "---|" * len(cols)]
+    versions = sorted({str(r.get("code_version", "unknown")) for r in records})
+    starts = sorted({str(r.get("warm_start_sha", "unknown")) for r in records})
+    planned = f" of {len(seeds) * len(by)} planned" if seeds else ""
+    lines = [f"`{command}`", "", f"Code version(s): {', '.join(versions)}. Warm start(s) (weights sha256): "
+             f"{', '.join(starts)}" + (" — MORE THAN ONE: runs are not paired" if len(starts) > 1 else "")
+             + f". Runs: {len(records)}{planned}.", ""]
+    if table != "efficiency":
+        lines += [*warm_start_lines(rows), ""]
+    if selection:
+        lines += [*selection_lines(selection, chosen or {}), ""]
+    lines += ["| row | seeds | " + " | ".join(c for c, _ in cols) + " |", "|---|---|" + "---|" * len(cols)]
     for label, rs in by.items():
         lines.append(f"| {label} | {','.join(str(r['seed']) for r in rs)} | "
                      + " | ".join(_fmt([r.get(c) for r in rs], d) for c, d in cols) + " |")
@@ -118,7 +165,36 @@ def write_report(table: str, runs: list[dict[str, Any]], out: Path, command: str
         lines += ["", *comparison_lines(table, by)]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    _plots(table, parsed, out)
+    _plots(table, records, out)
+
+
+def warm_start_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The shared warm start as the runs saw it: held-out EM (overall and by hop) before RL, the sampled-token
+    entropy and the share of all-equal-reward prompts in the first three RL steps (averaged over every run)."""
+    hops = [h for h in (1, 2, 3, 4) if math.isfinite(_mean([r.get(f"em_before_{h}hop") for r in rows]))]
+    by_hop = ", ".join(f"{h}-hop {_mean([r.get(f'em_before_{h}hop') for r in rows]):.3f}" for h in hops)
+    text = (f"**Warm start** (before RL, the same checkpoint for every run): held-out EM "
+            f"{_mean([r.get('em_before') for r in rows]):.3f} ({by_hop}); sampled-token entropy "
+            f"{_mean([r.get('entropy_first3') for r in rows]):.3f} nats/token and all-equal-reward prompts "
+            f"{_mean([r.get('equal_reward_first3') for r in rows]):.2f} over the first 3 steps; "
+            f"{_mean([r.get('turns_rollout_first3') for r in rows]):.2f} turns per training trajectory.")
+    return [text]
+
+
+def selection_lines(selection: list[dict[str, Any]], chosen: dict[str, float]) -> list[str]:
+    """Validation EM of every (row, lr) of the selection grid and the lr each row was run with."""
+    lrs = sorted({float(r["lr"]) for r in selection})
+    cell: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in selection:
+        cell[r["label"]][float(r["lr"])].append(r["row"].get("em_after", math.nan))
+    rule = ("**lr selection** (validation split of the training questions; rule: the highest final validation EM, "
+            "mean over the selection seeds, a tie to the smaller lr; the same grid and rule for every row)")
+    out = [rule, "",
+           "| row | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | chosen |", "|---|" + "---|" * (len(lrs) + 1)]
+    for lab, per in cell.items():
+        pick = f"{chosen[lab]:g}" if lab in chosen else "(incomplete)"
+        out.append(f"| {lab} | " + " | ".join(_fmt(per.get(lr, []), 3) for lr in lrs) + f" | {pick} |")
+    return out
 
 
 def comparison_lines(table: str, by: dict[str, list[dict[str, Any]]], metric: str = "em_after") -> list[str]:
@@ -131,9 +207,9 @@ def comparison_lines(table: str, by: dict[str, list[dict[str, Any]]], metric: st
     vals = {lab: {int(r["seed"]): float(r[metric]) for r in by[lab] if isinstance(r.get(metric), (int, float))}
             for lab in labels}
     ref_name = {"methods": "grpo", "wiki": "grpo"}.get(table)
-    out = [f"**{metric}: per seed, mean [95 % bootstrap CI], and the paired-by-seed difference to "
-           f"{'`' + ref_name + '`' if ref_name else ('the previous row' if table == 'ablation' else 'the first row')} "
-           f"[95 % CI]**", "", "| row | per seed | mean [CI] | difference [CI] |", "|---|---|---|---|"]
+    against = f"`{ref_name}`" if ref_name else ("the previous row" if table == "ablation" else "the first row")
+    head = f"**{metric}: per seed, mean [95 % bootstrap CI], and the paired-by-seed difference to {against} [95 % CI]**"
+    out = [head, "", "| row | per seed | mean [CI] | difference [CI] |", "|---|---|---|---|"]
     for i, lab in enumerate(labels):
         if ref_name:
             ref = ref_name if ref_name in vals and lab != ref_name else None
@@ -146,19 +222,33 @@ def comparison_lines(table: str, by: dict[str, list[dict[str, Any]]], metric: st
     return out
 
 
-def _plots(table: str, parsed: list[tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]], out: Path) -> None:
+def _band_on_grid(records: list[dict[str, Any]], key: str, n: int = 30) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Each run's curve interpolated on one shared x grid (the range every run covers), for a seed band."""
+    curves = [(np.asarray(r["series"][key]["x"]), np.asarray(r["series"][key]["y"])) for r in records
+              if r["series"].get(key, {}).get("x")]
+    if not curves:
+        return np.zeros(0), []
+    hi = min(x[-1] for x, _ in curves)
+    grid = np.linspace(0.0, hi, n) if hi > 0 else np.zeros(1)
+    return grid, [np.interp(grid, x, y) for x, y in curves]
+
+
+def _plots(table: str, records: list[dict[str, Any]], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = list(dict.fromkeys(p[0]["label"] for p in parsed))
+    from at2po.core.stats import curve_band
+
+    rows = [r["row"] for r in records]
+    labels = list(dict.fromkeys(r["label"] for r in rows))
     colors = {lab: plt.cm.tab10(i % 10) for i, lab in enumerate(labels)}
     if table == "efficiency":
         keys = ["gen_tokens_per_leaf", "prefill_tokens_per_leaf", "rollout_s_per_step", "update_s_per_step", "peak_rss_mb"]
         fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2))
         for ax, k in zip(axes, keys):
-            vals = [_mean([p[0].get(k) for p in parsed if p[0]["label"] == lab]) for lab in labels]
+            vals = [_mean([r.get(k) for r in rows if r["label"] == lab]) for lab in labels]
             ax.bar(range(len(labels)), vals, color=[colors[lab] for lab in labels])
             ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
             ax.set_title(k, fontsize=9)
@@ -167,46 +257,47 @@ def _plots(table: str, parsed: list[tuple[dict[str, Any], list[dict[str, Any]], 
         plt.close(fig)
         return
 
-    for name, key, x, title in [
-        ("em_vs_tokens.png", "eval/em", "tokens", "held-out EM (greedy) vs generated tokens"),
-        ("rollout_em_vs_tokens.png", "rollout/em", "tokens", "training-rollout EM vs generated tokens"),
-        ("entropy_vs_steps.png", "actor/entropy", "step", "policy entropy (MC, sampled tokens) vs step"),
-        ("hturn_vs_steps.png", "actor/turn_entropy", "step", "H_turn vs step"),
+    for name, key, title in [
+        ("em_vs_tokens.png", "eval/em", "held-out EM (greedy) vs generated tokens, mean and 95 % band over seeds"),
+        ("rollout_em_vs_tokens.png", "rollout/em", "training-rollout EM vs generated tokens"),
+        ("entropy_vs_steps.png", "actor/entropy", "policy entropy (MC, sampled tokens) vs step"),
+        ("hturn_vs_steps.png", "actor/turn_entropy", "H_turn vs step"),
     ]:
         fig, ax = plt.subplots(figsize=(6.5, 4))
-        seen: set[str] = set()
-        for row, recs, _ in parsed:
-            xs, ys = metric_series(recs, key, x)
-            if xs:
-                lab = row["label"]
-                ax.plot(xs, ys, marker="o" if len(xs) < 15 else None, ms=3, lw=1, alpha=0.75, color=colors[lab],
-                        label=None if lab in seen else lab)
-                seen.add(lab)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("generated tokens" if x == "tokens" else "step")
+        for lab in labels:
+            runs = [r for r in records if r["row"]["label"] == lab]
+            grid, curves = _band_on_grid(runs, key)
+            if not curves:
+                continue
+            mean, lo, hi = curve_band(curves)
+            ax.plot(grid, mean, lw=1.5, color=colors[lab], label=f"{lab} (n={len(curves)})")
+            ax.fill_between(grid, lo, hi, color=colors[lab], alpha=0.15, lw=0)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("generated tokens" if CURVES[key] == "tokens" else "step")
         ax.grid(alpha=0.3)
-        if seen:
+        if ax.lines:
             ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / name, dpi=100)
         plt.close(fig)
 
     # turn counts of the final (greedy) policies, pooled over seeds; EM by hop count, mean ± std over seeds
+    hops = [h for h in (1, 2, 3, 4) if math.isfinite(_mean([r.get(f"em_{h}hop") for r in rows]))]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     width = 0.8 / max(1, len(labels))
     for i, lab in enumerate(labels):
-        turns = [round(r["turns"]) for row, _, fin in parsed if row["label"] == lab for r in fin]
+        turns = [t for r in records if r["row"]["label"] == lab for t in r.get("final_turns", [])]
         if turns:
             bins = np.arange(1, max(turns) + 2)
             hist = np.array([np.mean(np.array(turns) == b) for b in bins[:-1]])
             ax1.bar(bins[:-1] + i * width, hist, width, color=colors[lab], label=lab)
-        means = [_mean([row.get(f"em_{h}hop") for row, _, _ in parsed if row["label"] == lab]) for h in (1, 2, 3)]
-        stds = [float(np.nanstd([row.get(f"em_{h}hop", math.nan) for row, _, _ in parsed if row["label"] == lab]))
-                for h in (1, 2, 3)]
-        ax2.bar(np.arange(1, 4) + i * width, means, width, yerr=stds, color=colors[lab], label=lab, capsize=2)
+        per = [[r.get(f"em_{h}hop", math.nan) for r in rows if r["label"] == lab] for h in hops]
+        ax2.bar(np.arange(len(hops)) + i * width, [_mean(v) for v in per], width, color=colors[lab], label=lab,
+                yerr=[float(np.nanstd(v)) for v in per], capsize=2)
     ax1.set_title("turns per question, final policy (greedy, held-out)", fontsize=10)
     ax1.set_xlabel("turns")
-    ax2.set_title("held-out EM by hop count (final policy)", fontsize=10)
+    ax2.set_xticks(np.arange(len(hops)) + 0.4 - width / 2, [str(h) for h in hops])
+    ax2.set_title("held-out EM by hop count (final policy), mean ± std over seeds", fontsize=10)
     ax2.set_xlabel("hops")
     for ax in (ax1, ax2):
         ax.legend(fontsize=7)
