@@ -134,7 +134,11 @@ def write_report(table: str, records: list[dict[str, Any]], out: Path, command: 
     """``results.csv``, ``summary.md`` and the PNGs of one grid, from its run records."""
     out.mkdir(parents=True, exist_ok=True)
     if not records:
-        print("[compare] no finished runs to report")
+        print("[compare] no finished test runs to report")
+        if selection:  # the lr selection alone (the test runs wait for it or have not finished)
+            lines = [f"`{command}`", "", "No test run has finished yet.", "", *selection_lines(selection, chosen or {})]
+            (out / "summary.md").write_text("\n".join(lines) + "\n")
+            print("\n".join(lines))
         return
     rows = [r["row"] for r in records]
     keys = list(dict.fromkeys(k for r in rows for k in r))
