@@ -198,7 +198,9 @@ def build_shared(size_name: str, work: Path, world_seed: int = 0) -> dict[str, s
         return json.loads(done.read_text())
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: the same warm start on every machine, so a grid can continue elsewhere
+    # one thread: the same warm start on every machine with the same CPU vector ISA (torch's AVX2 and AVX-512
+    # kernels round differently, so an AVX-512 machine builds other bits; records name the warm start they used)
+    torch.set_num_threads(1)
     torch.manual_seed(world_seed)
     world = make_world(root / "world", seed=world_seed, **size.world)
     fit, val = split_validation(world.train, root / "world")
@@ -422,8 +424,12 @@ def run_grid(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[
     print(f"[compare] shared warm start for {'the wiki task' if wiki else 'size ' + args.size} …", flush=True)
     shared = build_shared_wiki() if wiki else build_shared(args.size, work, args.world_seed)
     run_root = work / f"{args.table}-{size_name(args)}-w{args.world_seed}-b{budget or 0}"
+    import torch
+
+    # the warm start's bits depend on the CPU's vector ISA (AVX2 vs AVX-512 kernels round differently): record it
     extra = {"config": shared.get("config"), "budget": budget,
-             "warm_start_sha": shared.get("warm_start_sha") or weights_digest(Path(shared["sft_model"]))}
+             "warm_start_sha": shared.get("warm_start_sha") or weights_digest(Path(shared["sft_model"])),
+             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
     def job(label: str, preset: str, ov: list[str], seed: int, lr: float | None, split: str) -> Job:
         tag = f"{slug(label)}-s{seed}" if split == "test" else f"{slug(label)}-lr{lr:g}-s{seed}"

@@ -152,13 +152,12 @@ def write_report(table: str, records: list[dict[str, Any]], out: Path, command: 
     for r in rows:
         by[r["label"]].append(r)
     versions = sorted({str(r.get("code_version", "unknown")) for r in records})
-    starts = sorted({str(r.get("warm_start_sha", "unknown")) for r in records})
     planned = f" of {len(seeds) * len(by)} planned" if seeds else ""
-    lines = [f"`{command}`", "", f"Code version(s): {', '.join(versions)}. Warm start(s) (weights sha256): "
-             f"{', '.join(starts)}" + (" — MORE THAN ONE: runs are not paired" if len(starts) > 1 else "")
-             + f". Runs: {len(records)}{planned}.", ""]
+    lines = [f"`{command}`", "", f"Code version(s): {', '.join(versions)}. {warm_start_note(records)} "
+             f"Runs: {len(records)}{planned}.", ""]
     if table != "efficiency":
-        lines += [*warm_start_lines(rows), ""]
+        for sha, group in _by_warm_start(records).items():
+            lines += [*warm_start_lines([r["row"] for r in group], sha if len(_by_warm_start(records)) > 1 else None), ""]
     if selection:
         lines += [*selection_lines(selection, chosen or {}), ""]
     lines += ["| row | seeds | " + " | ".join(c for c, _ in cols) + " |", "|---|---|" + "---|" * len(cols)]
@@ -172,12 +171,41 @@ def write_report(table: str, records: list[dict[str, Any]], out: Path, command: 
     _plots(table, records, out)
 
 
-def warm_start_lines(rows: list[dict[str, Any]]) -> list[str]:
+def _by_warm_start(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        out[str(r.get("warm_start_sha", "unknown"))].append(r)
+    return dict(sorted(out.items(), key=lambda kv: min(int(r["seed"]) for r in kv[1])))
+
+
+def warm_start_note(records: list[dict[str, Any]]) -> str:
+    """Which warm start (weights sha256) each seed's runs used, and whether the by-seed pairing holds: the paired
+    differences need every run of one seed to start from the same checkpoint (different seeds may differ, e.g.
+    when a grid is continued on a machine whose CPU builds other bits)."""
+    groups = _by_warm_start(records)
+    per_seed: dict[int, set[str]] = defaultdict(set)
+    for r in records:
+        per_seed[int(r["seed"])].add(str(r.get("warm_start_sha", "unknown")))
+    broken = sorted(s for s, shas in per_seed.items() if len(shas) > 1)
+    if len(groups) == 1:
+        return f"Warm start (weights sha256): {next(iter(groups))}."
+    parts = []
+    for sha, group in groups.items():
+        seeds = sorted({int(r["seed"]) for r in group})
+        isa = sorted({str(r.get("cpu_capability")) for r in group if r.get("cpu_capability")})
+        parts.append(f"{sha} (seeds {','.join(map(str, seeds))}" + (f"; built on {'/'.join(isa)}" if isa else "") + ")")
+    pairing = (f"NOT PAIRED for seeds {','.join(map(str, broken))}: their runs started from different checkpoints"
+               if broken else "each seed's runs share one warm start, so the by-seed pairing holds")
+    return f"Warm starts (weights sha256): {'; '.join(parts)} — {pairing}."
+
+
+def warm_start_lines(rows: list[dict[str, Any]], sha: str | None = None) -> list[str]:
     """The shared warm start as the runs saw it: held-out EM (overall and by hop) before RL, the sampled-token
     entropy and the share of all-equal-reward prompts in the first three RL steps (averaged over every run)."""
     hops = [h for h in (1, 2, 3, 4) if math.isfinite(_mean([r.get(f"em_before_{h}hop") for r in rows]))]
     by_hop = ", ".join(f"{h}-hop {_mean([r.get(f'em_before_{h}hop') for r in rows]):.3f}" for h in hops)
-    text = (f"**Warm start** (before RL, the same checkpoint for every run): held-out EM "
+    which = f" {sha}" if sha else ""
+    text = (f"**Warm start{which}** (before RL, the same checkpoint for every run of a seed): held-out EM "
             f"{_mean([r.get('em_before') for r in rows]):.3f} ({by_hop}); sampled-token entropy "
             f"{_mean([r.get('entropy_first3') for r in rows]):.3f} nats/token and all-equal-reward prompts "
             f"{_mean([r.get('equal_reward_first3') for r in rows]):.2f} over the first 3 steps; "

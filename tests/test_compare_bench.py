@@ -70,7 +70,7 @@ def test_report_is_rebuilt_from_records_alone(tmp_path: Path) -> None:
     report.write_report("methods", loaded, tmp_path, command="compare.py --table methods", selection=sel,
                         chosen={"at2po": 1e-4, "grpo": 1e-4}, seeds=[0, 1, 2, 3, 4])
     text = (tmp_path / "summary.md").read_text()
-    assert "Code version(s): abc123. Warm start(s) (weights sha256): feed. Runs: 10 of 10 planned." in text
+    assert "Code version(s): abc123. Warm start (weights sha256): feed. Runs: 10 of 10 planned." in text
     assert "held-out EM 0.400" in text and "| at2po | 0.500 | 0.500 | 0.0001 |" in text
     at2po = next(line for line in text.splitlines() if line.startswith("| at2po | 0: 0.600"))
     assert "+0.100 [+0.100, +0.100] vs grpo" in at2po  # paired by seed: every seed differs by exactly 0.1
@@ -83,3 +83,15 @@ def test_band_grid_stops_where_the_shortest_run_stops() -> None:
     grid, curves = report._band_on_grid(recs, "eval/em", n=5)
     assert grid[-1] == pytest.approx(2000.0) and len(curves) == 3
     assert curves[0][-1] == pytest.approx(1.0)
+
+
+def test_warm_start_note_checks_the_by_seed_pairing() -> None:
+    """Seeds may come from different warm starts (a grid continued on a machine of another CPU ISA); the pairing
+    is by seed, so it holds unless one seed's runs started from different checkpoints."""
+    recs = [{**_record(lab, s, 0.4, 0.5), "warm_start_sha": "aaaa" if s < 2 else "bbbb",
+             "cpu_capability": "AVX2" if s < 2 else "AVX512"} for lab in ("at2po", "grpo") for s in range(4)]
+    note = report.warm_start_note(recs)
+    assert "aaaa (seeds 0,1; built on AVX2); bbbb (seeds 2,3; built on AVX512)" in note
+    assert "each seed's runs share one warm start" in note
+    recs[0]["warm_start_sha"] = "cccc"  # at2po seed 0 from another checkpoint than grpo seed 0
+    assert "NOT PAIRED for seeds 0" in report.warm_start_note(recs)
