@@ -16,10 +16,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from at2po.agent.search_env import EnvConfig
+from at2po.errors import UserError
 from at2po.rollout.driver import RolloutConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem; the message names the offending key (and file, when there is one)."""
 
 
@@ -167,6 +168,18 @@ class CheckpointConfig(_Section):
     export_final: bool = True  # save_pretrained of the final policy into <output_dir>/final
 
 
+class FaultsConfig(_Section):
+    """How loud faults are: tool-failure warnings and stops, the retriever check at start-up."""
+
+    # share of a step's (or an eval's) tool calls that failed (errors + timeouts) above which a warning is printed
+    tool_failure_warn: float = Field(0.1, ge=0, le=1)
+    # stop the run (before the update) after tool_failure_patience consecutive steps at or above this share
+    tool_failure_stop: float = Field(0.5, ge=0, le=1)
+    tool_failure_patience: int = Field(3, ge=1)
+    # before loading the model, check the retriever answers one query (HTTP or local index); stop if it does not
+    check_retriever: bool = True
+
+
 class RunConfig(_Section):
     """The whole run. ``preset`` records which named preset the run started from."""
 
@@ -183,6 +196,7 @@ class RunConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    faults: FaultsConfig = Field(default_factory=FaultsConfig)
 
     @model_validator(mode="after")
     def _sampler_old_log_prob(self) -> "RunConfig":

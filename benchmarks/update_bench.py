@@ -93,7 +93,7 @@ def make_batch(name: str, work: Path, threads: int) -> Path:
     examples = load_examples(cfg.data.train, None)
     t0 = time.perf_counter()
     try:
-        trees, roll = collect(engine, env, lambda k: examples[:k], cfg.train.batch_prompts, cfg, seed=0)
+        trees, roll, _ = collect(engine, env, lambda k: examples[:k], cfg.train.batch_prompts, cfg, seed=0)
     finally:
         env.close()
     batch, row_tree, metrics = build_batch(trees, cfg, int(tok.pad_token_id))

@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from at2po.agent.env import QAExample
+from at2po.errors import UserError
 
 SPLIT_NAMES = frozenset({"train", "dev", "test", "val", "valid", "validation"})
 _ANSWER_KEYS = ("golden_answers", "answers", "answer")
 _KNOWN_KEYS = frozenset({"question", "id", "data_source", *_ANSWER_KEYS})
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A QA file or row that cannot be read; the message starts with ``file:line``."""
 
 

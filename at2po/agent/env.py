@@ -39,12 +39,29 @@ class ParsedTurn:
     message: str | None = None  # INVALID: the observation text telling the model what was wrong
 
 
+TOOL_STATUSES = ("ok", "empty", "error", "timeout")
+
+
 @dataclass
 class ToolResult:
+    """The outcome of one tool call. ``status`` (see ``TOOL_STATUSES``) is what gets counted: ok, empty (the tool
+    answered with nothing, e.g. no passage matched), error (it failed) or timeout; ``flags`` name repairs the env
+    made to the call before running it (e.g. ``query_truncated``), counted too."""
+
     observation: str  # the text inserted after the turn, e.g. "\n<result>\n...\n</result>\n"
-    ok: bool = True
+    ok: bool = True  # False: the call failed (error or timeout); its observation says so
     error: str | None = None  # "timeout", "retriever_error: ...", ...
     latency_s: float = 0.0
+    tool: str = "tool"  # the tool's name (SearchEnv: "search"), the key of the per-tool metrics
+    empty: bool = False  # the call succeeded with an empty answer
+    flags: tuple[str, ...] = ()
+    detail: str | None = None  # a failure's message when ``error`` is only its class (e.g. what timed out)
+
+    @property
+    def status(self) -> str:
+        if not self.ok:
+            return "timeout" if self.error == "timeout" else "error"
+        return "empty" if self.empty else "ok"
 
 
 class AgentEnv(ABC):

@@ -2,16 +2,19 @@
 
 The rollout driver keeps token ids; this class turns text into actions and observations:
 prompt ids (chat template or plain), ``parse_turn`` (tool call / answer / classified malformed output with a
-corrective observation), ``run_tools`` (concurrent searches in a thread pool, per-call timeouts, retriever
-failures become a "search failed" observation and a counted error), ``observe`` (the one place passages are
-formatted as ``<result>`` ... ``</result>`` and truncated to ``max_obs_tokens``), ``reward`` (−1 on format
-failure else EM) and ``metrics`` (em, f1, format_ok, ...).
+corrective observation), ``run_tools`` (queries cleaned — control characters and lone surrogates replaced, cut to
+``max_query_chars`` — then concurrent searches in a thread pool with per-call timeouts; each call's outcome is
+ok / empty / error / timeout, and a failure becomes a "search failed" observation), ``observe`` (the one place
+passages are formatted as ``<result>`` ... ``</result>`` — protocol tags inside passages are defused — and
+truncated to ``max_obs_tokens``), ``reward`` (−1 on format failure else EM) and ``metrics`` (em, f1, format_ok).
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+import unicodedata
 from collections import OrderedDict
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Literal
@@ -20,8 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from at2po.agent.env import AgentEnv, ParsedTurn, QAExample, ToolResult, TurnKind
 from at2po.agent.prompts import build_prompt_ids, stop_token_ids
-from at2po.agent.protocol import TURN_STOP_STRINGS, format_observation, format_passages, parse_turn
-from at2po.agent.retrievers.base import Passage, Retriever
+from at2po.agent.protocol import (
+    TURN_STOP_STRINGS,
+    format_observation,
+    format_passages,
+    parse_turn,
+)
+from at2po.agent.retrievers.base import Passage, Retriever, RetrieverTimeout
 from at2po.agent.rewards import compute_score, qa_metrics
 
 NO_RESULTS = "No results found."
@@ -36,8 +44,15 @@ class EnvConfig(BaseModel):
     limit_mode: Literal["end", "notice"] = "end"  # at the limit: end the trajectory, or insert a masked notice
     topk: int = Field(3, ge=1, le=100)
     max_obs_tokens: int = Field(512, ge=16, description="token budget of one observation, tags included")
-    tool_timeout_s: float = Field(30.0, gt=0)
+    tool_timeout_s: float = Field(30.0, gt=0, description="per search call, from its start (also the HTTP timeout)")
     tool_workers: int = Field(8, ge=1)
+    max_query_chars: int = Field(4096, ge=1, description="longer queries are cut (flag query_truncated)")
+    # HTTP retriever (data.index=http://...): transient failures (refused, reset, 429/5xx) are retried with
+    # exponential backoff; a timed-out request only retriever_timeout_retries times
+    retriever_retries: int = Field(3, ge=0)
+    retriever_timeout_retries: int = Field(0, ge=0)
+    retriever_backoff_s: float = Field(0.25, ge=0)
+    retriever_cache_size: int = Field(10_000, ge=0, description="client-side LRU of (query, k) → passages; 0 = off")
     use_chat_template: bool = True
     # Additive: what a turn with neither a search nor an answer does ("retry": corrective observation, counted
     # against the call limit, as Search-R1; "end": the trajectory ends as NO_ACTION).
@@ -46,6 +61,28 @@ class EnvConfig(BaseModel):
 
 
 _OBS_MEMO = 4096  # observations whose token ids SearchEnv remembers
+_PROTOCOL_TAG = re.compile(r"<(/?)(think|search|answer|result)>", re.IGNORECASE)
+
+
+def clean_query(query: str, max_chars: int) -> tuple[str, tuple[str, ...]]:
+    """The query a retriever can take: control characters (Unicode category C*, e.g. NUL, and lone surrogates
+    left by invalid UTF-8) become spaces, whitespace runs collapse, and the result is cut to ``max_chars``.
+    Returns (query, flags) with flags ⊆ {"query_sanitized", "query_truncated"}."""
+    flags: list[str] = []
+    if any(unicodedata.category(c)[0] == "C" and c not in "\t\n\r" for c in query):
+        query = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in query)
+        flags.append("query_sanitized")
+    query = " ".join(query.split())
+    if len(query) > max_chars:
+        query = query[:max_chars].rstrip()
+        flags.append("query_truncated")
+    return query, tuple(flags)
+
+
+def defuse_tags(text: str) -> str:
+    """Protocol tags inside retrieved text (``</result>``, ``<answer>`` ...) become ``[/result]``, ``[answer]``:
+    a passage cannot close the observation early or plant an answer the reward would read."""
+    return _PROTOCOL_TAG.sub(lambda m: f"[{m.group(1)}{m.group(2)}]", text)
 
 
 class SearchEnv(AgentEnv):
@@ -100,23 +137,28 @@ class SearchEnv(AgentEnv):
 
     def _search(self, query: str, started: dict[int, float], key: int) -> list[Passage]:
         started[key] = time.monotonic()
+        if self.retriever is None:
+            raise RuntimeError("no retriever configured (data.index)")
         return self.retriever.search(query, self.cfg.topk)
 
     def run_tools(self, calls: list[ParsedTurn]) -> list[ToolResult]:
         """Run the TOOL_CALL entries concurrently (``tool_workers`` threads); an INVALID entry gets its corrective
         message without touching the retriever. Each search has ``tool_timeout_s`` from the moment it starts (a
         queued call that never starts is abandoned after ``tool_timeout_s · (1 + ⌈n / workers⌉)``). Any exception
-        or timeout becomes a "search failed" observation with ``ok=False``; this method never raises."""
+        or timeout becomes a "search failed" observation with ``ok=False`` (status error or timeout; no passage:
+        status empty); this method never raises."""
         results: list[ToolResult | None] = [None] * len(calls)
         pool = self._executor()
         started: dict[int, float] = {}
         futures: dict[Future[list[Passage]], int] = {}
+        flags: dict[int, tuple[str, ...]] = {}
         t0 = time.monotonic()
         for i, call in enumerate(calls):
             if call.kind == TurnKind.TOOL_CALL and call.query:
-                futures[pool.submit(self._search, call.query, started, i)] = i
+                query, flags[i] = clean_query(call.query, self.cfg.max_query_chars)
+                futures[pool.submit(self._search, query, started, i)] = i
             else:
-                results[i] = ToolResult(observation=call.message or format_observation(NO_RESULTS))
+                results[i] = ToolResult(observation=call.message or format_observation(NO_RESULTS), tool="search")
         timeout = self.cfg.tool_timeout_s
         queue_limit = timeout * (1 + -(-len(futures) // self.cfg.tool_workers))
         pending = set(futures)
@@ -128,9 +170,13 @@ class SearchEnv(AgentEnv):
                 i = futures[fut]
                 latency = now - started.get(i, now)
                 try:
-                    results[i] = ToolResult(observation=self.observe(fut.result()), latency_s=latency)
+                    passages = fut.result()
+                    results[i] = ToolResult(observation=self.observe(passages), latency_s=latency, tool="search",
+                                            empty=not passages, flags=flags[i])
+                except RetrieverTimeout as exc:  # the retriever's own (HTTP) timeout fired first
+                    results[i] = self._failure("timeout", latency, detail=str(exc), flags=flags[i])
                 except Exception as exc:  # a retriever failure is an observation, not a crash
-                    results[i] = self._failure(f"retriever_error: {type(exc).__name__}: {exc}", latency)
+                    results[i] = self._failure(f"retriever_error: {type(exc).__name__}: {exc}", latency, flags=flags[i])
             for fut in list(pending):
                 i = futures[fut]
                 start = started.get(i)
@@ -138,7 +184,7 @@ class SearchEnv(AgentEnv):
                     fut.cancel()
                     pending.discard(fut)
                     timed_out = True
-                    results[i] = self._failure("timeout", now - (start or now))
+                    results[i] = self._failure("timeout", now - (start or now), flags=flags[i])
         if timed_out:
             # A hung search keeps its worker thread; start the next batch on a fresh pool so it cannot clog.
             self._pool = None
@@ -150,10 +196,11 @@ class SearchEnv(AgentEnv):
             self.counters["tool_timeouts"] += sum(1 for r in searched if r is not None and r.error == "timeout")
         return [r if r is not None else self._failure("lost", 0.0) for r in results]
 
-    def _failure(self, error: str, latency: float) -> ToolResult:
+    def _failure(self, error: str, latency: float, detail: str = "", flags: tuple[str, ...] = ()) -> ToolResult:
         reason = "it timed out" if error == "timeout" else "the search engine returned an error"
         text = format_observation(f"Search failed: {reason}. Try again, or answer with what you know.")
-        return ToolResult(observation=text, ok=False, error=error, latency_s=latency)
+        return ToolResult(observation=text, ok=False, error=error, latency_s=latency, tool="search", flags=flags,
+                          detail=detail or None)
 
     # ---- observations ----------------------------------------------------------------------------------------
     def _n_tokens(self, text: str) -> int:
@@ -177,7 +224,7 @@ class SearchEnv(AgentEnv):
         """``\\n\\n<result>\\nDoc 1(Title: t) text\\n...\\n</result>\\n\\n`` with the passage list cut so the whole
         observation is at most ``max_obs_tokens`` tokens (the cut drops whole tokens from the end of the body). The
         tags are always kept, so a budget smaller than the empty ``<result>`` block yields just that block."""
-        body = format_passages([(p.title, p.text) for p in passages]) if passages else NO_RESULTS
+        body = format_passages([(defuse_tags(p.title), defuse_tags(p.text)) for p in passages]) if passages else NO_RESULTS
         text = format_observation(body)
         budget = self.cfg.max_obs_tokens
         if self._n_tokens(text) <= budget:

@@ -37,23 +37,16 @@ def train(
     quick_out: Path = typer.Option(Path("runs/quickstart"), "--quickstart-dir", help="where the quickstart writes"),
 ) -> None:
     """RL-train a search agent (AT²PO or a baseline). With no arguments: the synthetic-world quickstart."""
-    from at2po.config import ConfigError
-    from at2po.train.components import MissingPathError
-
     args = list(args or [])
     if quick or (not args and preset is None and not resume):
         from at2po.train.quickstart import run_quickstart
 
         run_quickstart(quick_out, overrides=args)
         return
-    try:
-        cfg = _resolve(args, preset)
-        from at2po.train.trainer import train as run_train
+    cfg = _resolve(args, preset)
+    from at2po.train.trainer import train as run_train
 
-        res = run_train(cfg, resume=resume)
-    except (ConfigError, MissingPathError) as exc:
-        _fail(exc)
-        return
+    res = run_train(cfg, resume=resume)
     typer.echo(f"done: {res.steps_done} steps → {res.run_dir}" + (f" (final model: {res.final_dir})" if res.final_dir else ""))
 
 
@@ -63,16 +56,9 @@ def sft(
     out: Optional[Path] = typer.Option(None, "--out", help="model directory to write (default <train.output_dir>/sft)"),
 ) -> None:
     """Supervised warm start on demonstrations (data.sft), observation tokens masked."""
-    from at2po.config import ConfigError
-    from at2po.train.components import MissingPathError
-    from at2po.train.sft import DemoError
     from at2po.train.sft import sft as run_sft
 
-    try:
-        path = run_sft(_resolve(list(args or []), preset), out)
-    except (ConfigError, MissingPathError, DemoError) as exc:
-        _fail(exc)
-        return
+    path = run_sft(_resolve(list(args or []), preset), out)
     typer.echo(f"SFT model → {path}")
 
 
@@ -87,26 +73,17 @@ def wiki_demos(
 
     from at2po.agent.wiki_expert import qa_rows, write_wiki_demonstrations
     from at2po.config import ConfigError
-    from at2po.train.components import MissingPathError, build_env, check_paths, load_tokenizer
+    from at2po.train.components import build_env, check_paths, load_tokenizer
 
-    try:
-        cfg = _resolve(list(args or []), preset)
-        check_paths(cfg, ("model", "train", "index"))
-        target = out or (Path(cfg.data.sft) if cfg.data.sft else None)
-        if target is None:
-            raise ConfigError("data.sft is not set and no --out given: where should the demonstrations go?")
-        env = build_env(cfg, load_tokenizer(cfg.model.tokenizer or cfg.model.path))
-    except (ConfigError, MissingPathError) as exc:
-        _fail(exc)
-        return
-    from at2po.agent.datasets import DatasetError
-
+    cfg = _resolve(list(args or []), preset)
+    check_paths(cfg, ("model", "train", "index"))
+    target = out or (Path(cfg.data.sft) if cfg.data.sft else None)
+    if target is None:
+        raise ConfigError("data.sft is not set and no --out given: where should the demonstrations go?")
+    env = build_env(cfg, load_tokenizer(cfg.model.tokenizer or cfg.model.path))
     try:
         rows = qa_rows(str(cfg.data.train))
         path, stats = write_wiki_demonstrations(rows, env, target, limit=limit, seed=cfg.train.seed)
-    except DatasetError as exc:
-        _fail(exc)
-        return
     finally:
         env.close()
     typer.echo(json.dumps(stats, indent=2))
@@ -121,9 +98,7 @@ def eval_cmd(
     """Evaluate model.path on data.test: per-source EM / F1 / format / tool calls / turns (pass@k with eval.n=k)."""
     from rich.console import Console
 
-    from at2po.config import ConfigError
     from at2po.train.components import (
-        MissingPathError,
         build_engine,
         build_env,
         check_paths,
@@ -132,25 +107,27 @@ def eval_cmd(
         load_tokenizer,
     )
     from at2po.train.evaluate import evaluate, format_table, write_report
+    from at2po.train.faults import eval_tool_warning
 
-    try:
-        cfg = _resolve(list(args or []), preset)
-        check_paths(cfg, ("model", "test", "index"))
-    except (ConfigError, MissingPathError) as exc:
-        _fail(exc)
-        return
+    cfg = _resolve(list(args or []), preset)
+    check_paths(cfg, ("model", "test", "index"))
+    examples = load_examples(cfg.data.test, cfg.data.max_test_examples)  # a bad row fails here, before the model
     import torch
 
     tok = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
-    model = load_policy(cfg.model, trainable=False)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    env = build_env(cfg, tok)
-    report = evaluate(build_engine(model, tok, cfg), env, load_examples(cfg.data.test, cfg.data.max_test_examples), cfg,
-                      seed=cfg.train.seed)
-    env.close()
+    env = build_env(cfg, tok)  # checks the retriever answers (faults.check_retriever) before the model loads
+    try:
+        model = load_policy(cfg.model, trainable=False)
+        if torch.cuda.is_available():
+            model = model.to("cuda")
+        report = evaluate(build_engine(model, tok, cfg), env, examples, cfg, seed=cfg.train.seed)
+    finally:
+        env.close()
     path = write_report(report, out or Path(cfg.train.output_dir) / "eval.json")
-    Console().print(format_table(report, title=f"eval of {cfg.model.path}"))
+    console = Console()
+    console.print(format_table(report, title=f"eval of {cfg.model.path}"))
+    if warning := eval_tool_warning(report, cfg.faults.tool_failure_warn, "eval"):
+        console.print(f"[yellow]warning: {warning}[/yellow]")
     typer.echo(f"report → {path}")
 
 

@@ -207,7 +207,7 @@ def _same_turn_same_entropy(trees: list[TurnTree], entropy: np.ndarray, offsets:
 # The metrics of ``_metrics`` that are totals over the rollout (they add up over several rollouts, e.g. DAPO's
 # extra generation batches); the others are rates or means.
 ADDITIVE_METRICS = frozenset({
-    "generated_tokens", "prefill_tokens", "cached_tokens", "forks", "tool_calls", "tool_errors", "invalid_turns",
+    "generated_tokens", "prefill_tokens", "cached_tokens", "forks", "tool_calls", "tool_errors", "tool_fallbacks", "invalid_turns",
     "limit_hits", "turns", "leaves", "phases", "decode_steps", "kv_read", "kv_live", "evicted_tokens", "wall_s", "gen_s", "tool_s",
     "tool_wait_s",
 })
@@ -229,6 +229,7 @@ def _metrics(trees: list[TurnTree], runner: PhaseRunner, engine: Engine, s0: dic
         "cached_tokens": float(s1["cached_tokens"] - s0["cached_tokens"]),
         "tool_calls": float(runner.counts["tool_calls"]),
         "tool_errors": float(runner.counts["tool_errors"]),
+        "tool_fallbacks": float(runner.counts["tool_fallbacks"]),
         "invalid_turns": float(runner.counts["invalid_turns"]),
         "limit_hits": float(runner.counts["limit_hits"]),
         "turns": float(sum(len(t.nodes) - 1 for t in trees)),

@@ -5,6 +5,7 @@ Used by :func:`at2po.rollout.driver.rollout`; see there for the chain/tree logic
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,9 +18,12 @@ from at2po.agent.protocol import format_observation
 from at2po.core.tree import TurnEnd, TurnTree
 from at2po.rollout.engine import Engine, Generation, SamplingParams, cut
 from at2po.rollout.sampling import derive_seed
+from at2po.rollout.tool_stats import tool_info
 
 if TYPE_CHECKING:
     from at2po.rollout.driver import RolloutConfig
+
+log = logging.getLogger(__name__)
 
 
 def turn_seed(parent_seed: int, kind: int, round: int = 0, j: int = 0) -> int:
@@ -59,7 +63,7 @@ class PhaseRunner:
     def __init__(self, engine: Engine, env: AgentEnv, trees: list[TurnTree], cfg: RolloutConfig) -> None:
         self.engine, self.env, self.trees, self.cfg = engine, env, trees, cfg
         self.phases: list[dict[str, float]] = []
-        self.counts = {"tool_calls": 0, "tool_errors": 0, "invalid_turns": 0, "limit_hits": 0}
+        self.counts = {"tool_calls": 0, "tool_errors": 0, "invalid_turns": 0, "limit_hits": 0, "tool_fallbacks": 0}
         # gen_s: engine time; tool_s: time tools ran; tool_wait_s: time generation stood still for tools
         self.gen_s = self.tool_s = self.tool_wait_s = 0.0
         self.tokenizer = engine.tokenizer
@@ -177,7 +181,7 @@ class PhaseRunner:
             if parsed.kind == TurnKind.TOOL_CALL:
                 self.counts["tool_calls"] += 1
                 self.counts["tool_errors"] += not res.ok
-                node.info["tool"] = {"ok": res.ok, "error": res.error, "latency_s": res.latency_s}
+                node.info["tool"] = tool_info(res)
             obs_ids = list(self.env.observation_ids(res.observation))
             nxt = ctx + obs_ids
             if len(nxt) - len(tree.prompt_ids) >= self.cfg.max_response_tokens or len(nxt) >= self.engine.max_model_len:
@@ -198,8 +202,10 @@ class PhaseRunner:
             if len(results) != len(calls):
                 raise RuntimeError(f"env.run_tools returned {len(results)} results for {len(calls)} calls")
             return results
-        except Exception:
-            pass
+        except Exception as exc:  # counted (rollout/tool_fallbacks) and logged: a broken env is never silent
+            self.counts["tool_fallbacks"] += 1
+            log.warning("env.run_tools raised %s: %s; running this phase's %d calls one by one", type(exc).__name__,
+                        exc, len(calls))
         pool = ThreadPoolExecutor(self.cfg.tool_workers, thread_name_prefix="at2po-tool")
         futures = [pool.submit(self.env.run_tools, [c]) if c.kind == TurnKind.TOOL_CALL else None for c in calls]
         out: list[ToolResult] = []
@@ -210,7 +216,8 @@ class PhaseRunner:
             try:
                 out.append(fut.result(timeout=self.cfg.tool_timeout_s)[0])
             except FutureTimeout:
-                out.append(ToolResult(format_observation("Search failed: it timed out."), ok=False, error="timeout"))
+                out.append(ToolResult(format_observation("Search failed: it timed out."), ok=False, error="timeout",
+                                      detail=f"no answer within rollout.tool_timeout_s={self.cfg.tool_timeout_s}"))
             except Exception as exc:
                 msg = format_observation("Search failed: the tool raised an error.")
                 out.append(ToolResult(msg, ok=False, error=f"tool_error: {type(exc).__name__}: {exc}"))

@@ -10,7 +10,9 @@ Layout of ``<output_dir>/checkpoints/step-00000012/``::
 
 Writes are atomic: everything goes into ``step-00000012.tmp`` and the directory is renamed when complete, so a
 ``kill -9`` at any moment leaves either the previous checkpoint or the new one, never a half-written one.
-Leftover ``*.tmp`` directories are ignored (and removed by the next save).
+Leftover ``*.tmp`` directories are ignored (and removed by the next save). A write that fails (disk full,
+quota, permissions) removes its ``.tmp`` directory and raises :class:`CheckpointWriteError`, which names the
+checkpoint that is still intact; old checkpoints are pruned only after the new one is in place.
 """
 
 from __future__ import annotations
@@ -26,11 +28,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from at2po.errors import UserError
+
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+class CheckpointWriteError(UserError, OSError):
+    """A checkpoint (or the final export) could not be written; the previous checkpoint is intact."""
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
+
+
+def has_checkpoint(output_dir: str | Path, step: int) -> bool:
+    return (checkpoint_root(output_dir) / f"step-{step:08d}").is_dir()
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -72,30 +84,46 @@ def save_checkpoint(
     scheduler: Any,
     state: dict[str, Any],
     keep_last: int = 2,
+    rng: dict[str, Any] | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` atomically (all processes call this; rank 0 writes the shared parts)."""
+    """Write checkpoint ``step`` atomically (all processes call this; rank 0 writes the shared parts).
+
+    ``rng``: this process's RNG states to store (default: the current ones; the trainer passes the states from the
+    start of a step when it saves the previous step after that step had begun)."""
     root = checkpoint_root(output_dir)
     final = root / f"step-{step:08d}"
     tmp = root / f"step-{step:08d}.tmp"
-    if accelerator.is_main_process:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    torch.save(rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(tmp / "model", safe_serialization=True)
-        tokenizer.save_pretrained(tmp / "model")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _fsync_dir(tmp)
-        if final.exists():  # re-saving the same step (e.g. final save right after a periodic one)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
+    try:
+        if accelerator.is_main_process:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        torch.save(rng if rng is not None else rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+        if accelerator.is_main_process:
+            accelerator.unwrap_model(model).save_pretrained(tmp / "model", safe_serialization=True)
+            tokenizer.save_pretrained(tmp / "model")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _fsync_dir(tmp)
+            if final.exists():  # re-saving the same step (e.g. final save right after a periodic one)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(root)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError ("... write failed")
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, RuntimeError) and not _is_write_failure(exc):
+            raise
+        prev = latest_checkpoint(output_dir)
+        kept = f"the previous checkpoint {prev} is intact" if prev is not None else "no earlier checkpoint exists"
+        raise CheckpointWriteError(
+            f"checkpoint step {step} could not be written to {root}: {exc}; {kept} (resume from it with --resume "
+            "after freeing space)"
+        ) from exc
+    if accelerator.is_main_process:  # prune only once the new checkpoint is in place
         for old in list_checkpoints(output_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
         for stale in root.glob("step-*.tmp"):
@@ -123,20 +151,33 @@ def export_final(accelerator: Any, model: torch.nn.Module, tokenizer: Any, out_d
     out = Path(out_dir)
     if accelerator.is_main_process:
         tmp = out.with_name(out.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        m = accelerator.unwrap_model(model)
-        if hasattr(m, "merge_and_unload"):  # peft: ship a plain HF model
-            import copy
+        try:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            m = accelerator.unwrap_model(model)
+            if hasattr(m, "merge_and_unload"):  # peft: ship a plain HF model
+                import copy
 
-            m = copy.deepcopy(m).merge_and_unload()
-        m.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+                m = copy.deepcopy(m).merge_and_unload()
+            m.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointWriteError(
+                f"the final model could not be written to {out}: {exc}; the last checkpoint in "
+                f"{out.parent / 'checkpoints'} holds the same weights"
+            ) from exc
     accelerator.wait_for_everyone()
     return out
+
+
+def _is_write_failure(exc: RuntimeError) -> bool:
+    """torch.save's C++ writer raises RuntimeError on ENOSPC/EIO (e.g. "PytorchStreamWriter failed writing file")."""
+    msg = str(exc).lower()
+    return "write" in msg and ("fail" in msg or "space" in msg)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from at2po.config import ModelConfig, RunConfig
+from at2po.errors import UserError
 
 _HOW = {
     "model": "point model.path at a Hugging Face model directory (config.json + weights): "
@@ -26,7 +27,7 @@ _HOW = {
 }
 
 
-class MissingPathError(FileNotFoundError):
+class MissingPathError(UserError, FileNotFoundError):
     """A configured path does not exist; the message says which key and how to make it."""
 
 
@@ -94,11 +95,50 @@ def load_policy(mcfg: ModelConfig, weights_dir: str | Path | None = None, traina
     return model
 
 
-def build_env(cfg: RunConfig, tokenizer: Any) -> Any:
-    from at2po.agent.retrievers import load_retriever
+class RetrieverUnavailableError(UserError):
+    """The retriever of ``data.index`` cannot be opened or does not answer."""
+
+
+def _retriever_how(spec: str) -> str:
+    if spec.startswith(("http://", "https://")):
+        return ("start the server (`at2po serve-retriever --index INDEX_DIR --port PORT`, or Search-R1's "
+                "retrieval server) and check the URL, or point data.index at a local index directory")
+    return "build the index with `at2po index --corpus CORPUS.jsonl --out DIR` (make-world / make-wiki write one)"
+
+
+def open_retriever(cfg: RunConfig, check: bool | None = None) -> Any:
+    """The retriever of ``data.index`` (HTTP options from ``env``); with ``faults.check_retriever`` (or
+    ``check=True``) it must answer one query now, else :class:`RetrieverUnavailableError` names data.index and
+    how to fix it — before any model is loaded."""
+    from at2po.agent.retrievers import RetrieverError, load_retriever
+
+    spec = str(cfg.data.index)
+    http = spec.startswith(("http://", "https://"))
+    opts: dict[str, Any] = {
+        "timeout_s": cfg.env.tool_timeout_s, "max_retries": cfg.env.retriever_retries,
+        "timeout_retries": cfg.env.retriever_timeout_retries, "backoff_s": cfg.env.retriever_backoff_s,
+        "cache_size": cfg.env.retriever_cache_size,
+    } if http else {}
+    try:
+        retriever = load_retriever(spec, **opts)
+    except (RetrieverError, OSError, ValueError) as exc:
+        raise RetrieverUnavailableError(f"data.index={spec!r} cannot be opened: {exc}; {_retriever_how(spec)}") from exc
+    if cfg.faults.check_retriever if check is None else check:
+        try:
+            retriever.batch_search(["at2po start-up check"], 1)
+        except Exception as exc:
+            retriever.close()
+            raise RetrieverUnavailableError(
+                f"data.index={spec!r} does not answer a search: {type(exc).__name__}: {exc}; {_retriever_how(spec)}"
+            ) from exc
+    return retriever
+
+
+def build_env(cfg: RunConfig, tokenizer: Any, retriever: Any = None) -> Any:
+    """The search env over ``retriever`` (default: :func:`open_retriever`, which checks it answers)."""
     from at2po.agent.search_env import SearchEnv
 
-    return SearchEnv(tokenizer, load_retriever(str(cfg.data.index)), cfg.env)
+    return SearchEnv(tokenizer, retriever if retriever is not None else open_retriever(cfg), cfg.env)
 
 
 def build_engine(model: torch.nn.Module, tokenizer: Any, cfg: RunConfig) -> Any:

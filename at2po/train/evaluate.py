@@ -4,6 +4,11 @@ tool calls / turns, as a JSON report and a rich table. Used by ``at2po eval`` an
 Metrics per trajectory come from the env (``env.metrics``: em, f1, format_ok, tool_calls — EM does not require
 the format, as in the paper). With ``eval.n = k > 1`` samples per question, ``em`` is the mean over samples
 (pass@1 estimate) and ``pass@k`` the fraction of questions with at least one exact match.
+
+Every tool call is accounted (``at2po.rollout.tool_stats``): ``tool_error_rate`` / ``tool_timeout_rate`` per
+source and overall (table and JSON), and ``report["tools"]`` with counts, rates and per-tool latency percentiles,
+``report["tool_last_error"]`` the last failure — so a run against a dead retriever reads as a broken tool, not as
+a bad model.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from at2po.config import RunConfig
+from at2po.rollout.tool_stats import ToolEvent, last_failure, tool_events, tool_metrics
 
 _KEYS = ("em", "f1", "format_ok", "tool_calls", "turns")
 
@@ -74,10 +80,12 @@ def evaluate(engine: Any, env: Any, examples: list[Any], cfg: RunConfig, acceler
     if hasattr(engine, "model"):
         engine.model.eval()
     records: list[dict[str, Any]] = []
+    calls: list[tuple[str, ToolEvent]] = []  # (source, event)
     bs = cfg.eval.batch_prompts
     for i in range(0, len(mine), bs):
         res = rollout(engine, env, mine[i : i + bs], rcfg.model_copy(update={"seed": seed + i}))
         records.extend(_records(res.trees))
+        calls.extend((t.meta["example"].data_source, e) for t in res.trees for e in tool_events([t]))
     engine.clear_cache()
     if hasattr(engine, "model"):
         engine.model.train(was_training)
@@ -85,7 +93,27 @@ def evaluate(engine: Any, env: Any, examples: list[Any], cfg: RunConfig, acceler
         from accelerate.utils import gather_object
 
         records = gather_object(records)
-    return summarize(records, cfg.eval.n)
+        calls = gather_object(calls)
+    report = summarize(records, cfg.eval.n)
+    add_tool_stats(report, calls)
+    return report
+
+
+def add_tool_stats(report: dict[str, Any], calls: list[tuple[str, ToolEvent]]) -> None:
+    """Tool-call accounting into ``report``: ``tool_error_rate`` / ``tool_timeout_rate`` per source and overall,
+    ``tools`` (all counts, rates, latency percentiles) and ``tool_last_error``."""
+    events = [e for _, e in calls]
+    sections = [("overall", report["overall"], events)] + [
+        (s, d, [e for src, e in calls if src == s]) for s, d in report["per_source"].items()
+    ]
+    for _, d, evs in sections:
+        if d:
+            m = tool_metrics(evs, prefix="")
+            d["tool_error_rate"] = m.get("error_rate", 0.0)
+            d["tool_timeout_rate"] = m.get("timeout_rate", 0.0)
+    report["tools"] = tool_metrics(events, prefix="")
+    last = last_failure(events)
+    report["tool_last_error"] = {"tool": last.tool, "status": last.status, "error": last.error} if last else None
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> Path:
@@ -101,14 +129,24 @@ def format_table(report: dict[str, Any], title: str = "evaluation") -> Any:
 
     n = report.get("n", 1)
     cols = ["em", "f1", "format_ok", "tool_calls", "turns"] + ([f"pass@{n}"] if n > 1 else [])
+    tool_cols = [("tool_error_rate", "tool_err"), ("tool_timeout_rate", "tool_timeout")]
     table = Table(title=title)
     table.add_column("source")
     table.add_column("count", justify="right")
     for c in cols:
         table.add_column(c, justify="right")
+    for _, label in tool_cols:
+        table.add_column(label, justify="right")
     rows = list(report["per_source"].items()) + [("overall", report["overall"])]
     for name, d in rows:
         if not d:
             continue
-        table.add_row(name, f"{int(d['count'])}", *[f"{d[c]:.3f}" for c in cols])
+        tool = [_rate(d.get(k)) for k, _ in tool_cols]
+        table.add_row(name, f"{int(d['count'])}", *[f"{d[c]:.3f}" for c in cols], *tool)
     return table
+
+
+def _rate(v: float | None) -> str:
+    if v is None:
+        return "–"
+    return f"[red]{v:.3f}[/red]" if v > 0 else f"{v:.3f}"

@@ -14,6 +14,7 @@ from at2po.config import RunConfig
 from at2po.core.credit import estimate
 from at2po.core.packing import unique_token_count
 from at2po.core.tree import TurnTree, stack_trees
+from at2po.rollout.tool_stats import ToolEvent, tool_events, tool_metrics
 from at2po.train.batching import Batch, collate, token_advantages
 
 
@@ -52,13 +53,17 @@ def collect(
     n_prompts: int,
     cfg: RunConfig,
     seed: int,
-) -> tuple[list[TurnTree], dict[str, float]]:
+) -> tuple[list[TurnTree], dict[str, float], list[ToolEvent]]:
     """Roll out ``n_prompts`` prompts (this process's share). With ``train.dynamic_sampling`` (DAPO), prompts
     whose leaves all have the same reward carry no signal: they are dropped and more prompts are rolled out, up
-    to ``train.max_gen_batches`` rollout batches; the kept trees are truncated to ``n_prompts``."""
+    to ``train.max_gen_batches`` rollout batches; the kept trees are truncated to ``n_prompts``.
+
+    Returns (trees, metrics, tool events): the tool calls of every rollout batch, dropped prompts included, so
+    ``tool/...`` metrics count every call made (``at2po.rollout.tool_stats``)."""
     from at2po.rollout.driver import ADDITIVE_METRICS, rollout
 
     kept: list[TurnTree] = []
+    events: list[ToolEvent] = []
     totals: dict[str, float] = {}
     n_rolled = n_equal = 0
     tries = cfg.train.max_gen_batches if cfg.train.dynamic_sampling else 1
@@ -68,6 +73,7 @@ def collect(
         for k, v in result.metrics.items():  # budgets add up over DAPO's extra batches; rates keep batch 1's
             totals[k] = totals.get(k, 0.0) + float(v) if k in ADDITIVE_METRICS or k not in totals else totals[k]
         trees = result.trees
+        events.extend(tool_events(trees))
         n_rolled += len(trees)
         equal = [bool(np.ptp(leaf_rewards(t)) == 0) if t.leaves() else True for t in trees]
         n_equal += sum(equal)
@@ -78,7 +84,8 @@ def collect(
     metrics["rollout/equal_reward_prompt_frac"] = n_equal / max(n_rolled, 1)
     metrics["rollout/gen_batches"] = float(attempt + 1)
     metrics["rollout/kept_prompts"] = float(min(len(kept), n_prompts))
-    return kept[:n_prompts], metrics
+    metrics.update(tool_metrics(events))
+    return kept[:n_prompts], metrics, events
 
 
 def tree_metrics(trees: list[TurnTree]) -> dict[str, float]:
@@ -92,6 +99,8 @@ def tree_metrics(trees: list[TurnTree]) -> dict[str, float]:
         "rollout/reward_std": float(rewards.std()),
         "rollout/all_equal_reward": float(np.ptp(rewards) == 0),
         "rollout/trajectories": float(len(rewards)),
+        # a NaN/inf reward (a broken reward function) poisons its tree's advantages: its updates are skipped
+        "rollout/nonfinite_rewards": float((~np.isfinite(rewards)).sum()),
     }
     for key in ("em", "f1", "format_ok", "tool_calls"):
         vals = [m[key] for m in infos if key in m]

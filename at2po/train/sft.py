@@ -27,12 +27,13 @@ import torch
 from at2po.agent.env import QAExample
 from at2po.config import RunConfig, save_config
 from at2po.core.tree import TurnEnd, TurnTree
+from at2po.errors import UserError
 from at2po.train.batching import collate
 from at2po.train.logprobs import scored_log_probs
 from at2po.train.update import backward_scope, forward_spec, plan_micro_batches
 
 
-class DemoError(ValueError):
+class DemoError(UserError, ValueError):
     """A demonstration line that cannot be used; the message names ``file:line``."""
 
 

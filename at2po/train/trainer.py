@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from at2po.config import RunConfig, save_config
+from at2po.config import ConfigError, RunConfig, save_config
 from at2po.core.tis import logprob_mismatch, tis_weights
 from at2po.train import checkpoint as ckpt
 from at2po.train.components import (
@@ -35,10 +35,27 @@ from at2po.train.components import (
     load_policy,
     load_tokenizer,
 )
-from at2po.train.experience import apply_overlong_penalty, build_batch, collect, tree_metrics
+from at2po.train.experience import (
+    apply_overlong_penalty,
+    build_batch,
+    collect,
+    leaf_rewards,
+    tree_metrics,
+)
+from at2po.train.faults import (
+    ToolFailureError,
+    ToolHealth,
+    eval_tool_warning,
+    tool_hint,
+)
 from at2po.train.logging import RunLogger
 from at2po.train.memory import PhaseMemory
-from at2po.train.update import NonFiniteGuard, compute_log_probs, forward_spec, ppo_update
+from at2po.train.update import (
+    NonFiniteGuard,
+    compute_log_probs,
+    forward_spec,
+    ppo_update,
+)
 
 
 @dataclass
@@ -67,24 +84,36 @@ def train(
     ``model_hook(policy)`` is called once on the loaded policy before training (an extension point: freeze
     layers, register forward hooks for inspection or fault injection).
     """
+    # --- 0. fail fast on missing inputs, before loading anything ------------------------------------------
+    check_paths(cfg, ("model", "train", "index") + (("test",) if cfg.data.test else ()))
+    acc = make_accelerator(cfg.train.precision)
+    for key in ("batch_prompts", "mini_batch_prompts"):  # both are global: each process takes an equal share
+        if getattr(cfg.train, key) % acc.num_processes:
+            raise ConfigError(f"config key 'train.{key}': {getattr(cfg.train, key)} must be divisible by the "
+                              f"{acc.num_processes} processes")
+    last = ckpt.latest_checkpoint(cfg.train.output_dir) if resume else None
+
+    # --- 1. tool (checked before any model loads: faults.check_retriever), model, optimizer, schedule ----------
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
+    env = build_env(cfg, tokenizer)
+    try:
+        return _train(cfg, acc, tokenizer, env, last, model_hook)
+    finally:  # also on NonFiniteError / ToolFailureError / KeyboardInterrupt: stop the tool threads
+        env.close()
+
+
+def _train(
+    cfg: RunConfig, acc: Any, tokenizer: Any, env: Any, last: Path | None,
+    model_hook: Callable[[torch.nn.Module], None] | None,
+) -> TrainResult:
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
     from at2po.train.evaluate import evaluate, format_table, write_report
 
-    # --- 0. fail fast on missing inputs, before loading anything ------------------------------------------
-    check_paths(cfg, ("model", "train", "index") + (("test",) if cfg.data.test else ()))
-    acc = make_accelerator(cfg.train.precision)
     rank, world = acc.process_index, acc.num_processes
-    for key in ("batch_prompts", "mini_batch_prompts"):  # both are global: each process takes an equal share
-        if getattr(cfg.train, key) % world:
-            raise ValueError(f"train.{key}={getattr(cfg.train, key)} must be divisible by the {world} processes")
     run_dir = Path(cfg.train.output_dir)
-    last = ckpt.latest_checkpoint(run_dir) if resume else None
     set_seed(cfg.train.seed)  # same on every process: identical LoRA initialisation
-
-    # --- 1. model, optimizer, schedule ----------------------------------------------------------------------
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
     model = load_policy(cfg.model, weights_dir=(last / "model") if last else None)
     set_seed(cfg.train.seed + rank)
     if model_hook is not None:
@@ -101,7 +130,6 @@ def train(
     model, optimizer = acc.prepare(model, optimizer)
     policy = acc.unwrap_model(model)
     engine = build_engine(policy, tokenizer, cfg)
-    env = build_env(cfg, tokenizer)
     pad_id = int(tokenizer.pad_token_id)
 
     # --- 2. data and state --------------------------------------------------------------------------------
@@ -118,6 +146,8 @@ def train(
         sampler.load(state["data"])
         gen_total = float(state.get("generated_tokens", 0.0))
     guard = NonFiniteGuard(cfg.train.max_nonfinite_steps)
+    health = ToolHealth(cfg.faults.tool_failure_warn, cfg.faults.tool_failure_stop, cfg.faults.tool_failure_patience,
+                        hint=tool_hint(cfg))
     log = RunLogger(
         run_dir, enabled=acc.is_main_process, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
         wandb_project=cfg.logging.wandb_project, wandb_run_name=cfg.logging.wandb_run_name,
@@ -138,6 +168,8 @@ def train(
             write_report(report, run_dir / "eval" / f"step-{step:08d}.json")
             log.log(step, {f"eval/{k}": v for k, v in report["overall"].items()})
             log.print(format_table(report, title=f"eval @ step {step}"))
+            if warning := eval_tool_warning(report, cfg.faults.tool_failure_warn, f"eval @ step {step}"):
+                log.print(f"[yellow]warning: {warning}[/yellow]")
             result.evals[step] = report["overall"]
 
     try:
@@ -160,15 +192,39 @@ def train(
                 idx = sampler.next(k * world)  # every process advances the global sampler identically
                 return [train_set[i] for i in idx[rank::world]]
 
+            before = {"data": sampler.state(), "rng": ckpt.rng_state(), "generated_tokens": gen_total}
             t0 = time.perf_counter()
             mem.start()
-            trees, metrics = collect(engine, env, next_examples, local_prompts, cfg, seed=_rollout_seed(cfg, step, rank))
+            trees, metrics, events = collect(engine, env, next_examples, local_prompts, cfg,
+                                             seed=_rollout_seed(cfg, step, rank))
             metrics["time/rollout_s"] = time.perf_counter() - t0
+            try:  # every process decides on all processes' calls, so they stop together
+                warning = health.step(_gather(acc, events), step)
+            except ToolFailureError:
+                if step - 1 > start and not ckpt.has_checkpoint(run_dir, step - 1):  # keep the last good step
+                    ckpt.save_checkpoint(
+                        run_dir, step - 1, acc, model, tokenizer, optimizer, scheduler,
+                        {"data": before["data"], "preset": cfg.preset, "generated_tokens": before["generated_tokens"]},
+                        keep_last=cfg.checkpoint.keep_last, rng=before["rng"],
+                    )
+                raise
+            if warning and acc.is_main_process:
+                log.print(f"[yellow]warning: {warning}[/yellow]")
             metrics.update(mem.metrics("rollout"))
             metrics["rollout/overlong_penalised"] = float(apply_overlong_penalty(
                 trees, cfg.rollout.max_response_tokens, cfg.train.overlong_buffer, cfg.train.overlong_penalty
             ))
             metrics.update(tree_metrics(trees))
+            # a NaN/inf reward (a broken reward function) has no credit to give: its tree leaves the batch, and the
+            # step counts as a bad one for the non-finite guard
+            finite = [bool(np.isfinite(leaf_rewards(t)).all()) for t in trees]
+            dropped = finite.count(False)
+            metrics["rollout/nonfinite_reward_trees"] = float(dropped)
+            if dropped:
+                trees = [t for t, ok in zip(trees, finite) if ok]
+                if acc.is_main_process:
+                    log.print(f"[red]step {step}: {int(metrics['rollout/nonfinite_rewards'])} leaf rewards are "
+                              f"NaN/inf: the updates over their {dropped} trees are skipped[/red]")
             if metrics.get("rollout/all_equal_reward") and acc.is_main_process:
                 log.print(f"[yellow]step {step}: every reward in the rollout batch is equal "
                           f"({metrics['rollout/reward_mean']:+.2f}): no learning signal[/yellow]")
@@ -227,7 +283,7 @@ def train(
             log.log(step, metrics)
             log.print(log.summary_line(step, cfg.train.steps, metrics))
             log.advance()
-            guard.step(stats.skipped, step)  # raises NonFiniteError after too many bad steps in a row
+            guard.step(stats.skipped + dropped, step)  # raises NonFiniteError after too many bad steps in a row
             result.steps_done = step
             if cfg.eval.every and step % cfg.eval.every == 0 and not final:
                 run_eval(step)
@@ -247,15 +303,23 @@ def train(
             run_eval(result.steps_done)
             if cfg.checkpoint.export_final:
                 result.final_dir = ckpt.export_final(acc, model, tokenizer, run_dir / "final")
-    finally:  # also on NonFiniteError / KeyboardInterrupt: close the progress bar, TensorBoard, tool threads
+    finally:  # also on NonFiniteError / ToolFailureError / KeyboardInterrupt: close the progress bar, TensorBoard
         log.close()
-        env.close()
         mem.close()
     return result
 
 
 def _rollout_seed(cfg: RunConfig, step: int, rank: int) -> int:
     return int(cfg.rollout.seed + 1_000_003 * step + 7_919 * 97 * rank) % (2**31 - 1)
+
+
+def _gather(acc: Any, items: list[Any]) -> list[Any]:
+    """Every process's ``items``, concatenated in rank order (the list itself with one process)."""
+    if acc.num_processes == 1:
+        return items
+    from accelerate.utils import gather_object
+
+    return gather_object(items)
 
 
 def _reduce_metrics(acc: Any, metrics: dict[str, float]) -> dict[str, float]:

@@ -20,13 +20,14 @@ import torch
 from at2po.config import RunConfig, TrainConfig
 from at2po.core.losses import policy_loss
 from at2po.core.packing import split_rows
+from at2po.errors import RunStopped
 from at2po.train.batching import Batch, micro_batches, prompt_mini_batches
 from at2po.train.logprobs import ForwardSpec, scored_log_probs
 from at2po.train.tree_attention import use_tree_attention
 
 
-class NonFiniteError(RuntimeError):
-    """Raised when too many consecutive steps had a NaN/inf loss or gradient."""
+class NonFiniteError(RunStopped, RuntimeError):
+    """Raised when too many consecutive steps had a NaN/inf loss, gradient or reward."""
 
 
 @dataclass
@@ -42,8 +43,9 @@ class NonFiniteGuard:
         self.consecutive = self.consecutive + 1 if skipped_updates else 0
         if self.consecutive >= self.limit:
             raise NonFiniteError(
-                f"stopping at step {step}: {self.consecutive} consecutive steps had a NaN/inf loss or gradient "
-                f"(updates skipped, weights unchanged). Lower optim.lr, check the data/rewards, or raise "
+                f"stopping at step {step}: {self.consecutive} consecutive steps had a NaN/inf loss, gradient or "
+                f"reward (their updates skipped, weights unchanged by them). Lower optim.lr, check the data and the "
+                f"reward function, or raise "
                 f"train.max_nonfinite_steps (now {self.limit})."
             )
 

@@ -83,7 +83,7 @@ def batches(tiny_world, sft_model, tmp_path_factory) -> dict[str, Batch]:
         engine, env = build_engine(policy, tok, cfg), build_env(cfg, tok)
         examples = load_examples(cfg.data.train, None)
         try:
-            trees, metrics = collect(engine, env, _cycler(examples), cfg.train.batch_prompts, cfg, seed=12)
+            trees, metrics, _ = collect(engine, env, _cycler(examples), cfg.train.batch_prompts, cfg, seed=12)
         finally:
             env.close()
         assert trees, name

@@ -116,27 +116,6 @@ def test_guard_stops_after_consecutive_bad_steps() -> None:
     g.step(0, 2)  # a good step resets the count
     g.step(2, 3)
     g.step(1, 4)
-    with pytest.raises(NonFiniteError, match="3 consecutive steps had a NaN/inf"):
+    with pytest.raises(NonFiniteError, match="3 consecutive steps had a NaN/inf loss, gradient or reward"):
         g.step(1, 5)
     assert g.total_skipped == 5
-
-
-def test_training_loop_stops_on_persistent_nan(tiny_world, tmp_path: Path) -> None:
-    """Fault injection in the real loop: the policy's logits become NaN whenever gradients are on (the update),
-    while rollouts and old log-probs (no grad) stay finite. The run must stop with a clear error."""
-    from tests.train.conftest import small_overrides
-    from at2po.train.trainer import train
-
-    cfg = load_config(preset="at2po", overrides=small_overrides(tiny_world, tmp_path / "run") + [
-        "train.steps=6", "train.max_nonfinite_steps=2", "data.test=null",
-    ])
-
-    def poison(model: torch.nn.Module) -> None:  # the LM head's input: the trainer's chunked head reads it
-        model.get_output_embeddings().register_forward_pre_hook(
-            lambda m, args: (args[0] * float("nan"),) if torch.is_grad_enabled() else None
-        )
-
-    with pytest.raises(NonFiniteError, match="stopping at step 2: 2 consecutive steps"):
-        train(cfg, model_hook=poison)
-    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 2 and '"actor/skipped_updates": 2.0' in lines[0]

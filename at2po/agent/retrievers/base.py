@@ -23,6 +23,10 @@ class RetrieverError(RuntimeError):
     """A search could not be served (server down, timeout, bad index); the env turns it into an observation."""
 
 
+class RetrieverTimeout(RetrieverError):
+    """A search got no answer within its timeout (counted as a timeout, not as an error)."""
+
+
 class Retriever(ABC):
     @abstractmethod
     def batch_search(self, queries: list[str], k: int) -> list[list[Passage]]:

@@ -22,11 +22,12 @@ import numpy as np
 import pyarrow as pa
 
 from at2po.agent.retrievers.base import Passage, RetrieverError
+from at2po.errors import UserError
 
 DOCS_FILE = "docs.arrow"
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """A corpus line is malformed; the message names ``file:line``."""
 
 

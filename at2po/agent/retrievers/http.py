@@ -1,8 +1,11 @@
 """Client for Search-R1-compatible retrieval servers (POST ``/retrieve``).
 
 - timeouts on connect and read (``timeout_s``);
-- bounded retries with exponential backoff on connection errors, timeouts and 429/5xx, done by
-  urllib3's ``Retry`` (sleep ≈ backoff_s · 2^(n−1) before retry n, capped at ``backoff_max_s``);
+- bounded retries with exponential backoff (sleep backoff_s · 2^(n−1) before retry n, capped at
+  ``backoff_max_s``), kept apart by cause: transient failures — connection refused or reset, 429/5xx — are
+  retried up to ``max_retries`` times; a request that timed out only ``timeout_retries`` times (default 0: its
+  time is already spent, and the env's per-call timeout would abandon it anyway). 4xx is never retried. Retries,
+  errors and timeouts are counted in ``stats``;
 - an LRU cache of (query, k) → passages (rollouts repeat queries a lot: siblings in a tree share
   prefixes and often issue the same search);
 - batching: ``batch_search`` calls from several threads that arrive within ``batch_window_s`` of
@@ -12,6 +15,7 @@
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
 from collections import OrderedDict, defaultdict
@@ -22,9 +26,13 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
-from at2po.agent.retrievers.base import Passage, Retriever, RetrieverError
+from at2po.agent.retrievers.base import (
+    Passage,
+    Retriever,
+    RetrieverError,
+    RetrieverTimeout,
+)
 from at2po.agent.retrievers.wire import decode_results
 
 _RETRY_STATUS = (429, 500, 502, 503, 504)
@@ -70,10 +78,18 @@ class HTTPStats:
     queries: int = 0  # queries asked for (cache hits included)
     cache_hits: int = 0
     posts: int = 0  # POSTs that returned a response (retries inside one are not counted)
-    errors: int = 0  # POSTs that failed after all retries
+    errors: int = 0  # POSTs that failed after all retries (timeouts included)
+    timeouts: int = 0  # of which: the last attempt timed out
+    retries: int = 0  # attempts repeated after a transient failure or a timeout
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
+
+
+def _reason(exc: Exception) -> str:
+    """The root cause of a requests error ("[Errno 111] Connection refused"), not urllib3's wrapper chain."""
+    m = re.search(r"\[Errno -?\d+\][^'\")]*", str(exc))
+    return m.group(0).strip() if m else str(exc)
 
 
 def retrieve_url(url: str) -> str:
@@ -94,6 +110,7 @@ class HTTPRetriever(Retriever):
         *,
         timeout_s: float = 30.0,
         max_retries: int = 3,
+        timeout_retries: int = 0,
         backoff_s: float = 0.25,
         backoff_max_s: float = 8.0,
         cache_size: int = 10_000,
@@ -101,31 +118,25 @@ class HTTPRetriever(Retriever):
         max_batch: int = 256,
         max_inflight: int = 4,
     ):
-        if timeout_s <= 0 or max_retries < 0 or batch_window_s < 0 or max_batch < 1 or max_inflight < 1:
-            raise ValueError("HTTPRetriever: need timeout_s > 0, max_retries >= 0, batch_window_s >= 0, max_batch >= 1, max_inflight >= 1")
+        if (timeout_s <= 0 or max_retries < 0 or timeout_retries < 0 or backoff_s < 0 or batch_window_s < 0
+                or max_batch < 1 or max_inflight < 1):
+            raise ValueError("HTTPRetriever: need timeout_s > 0, max_retries >= 0, timeout_retries >= 0, backoff_s >= 0, "
+                             "batch_window_s >= 0, max_batch >= 1, max_inflight >= 1")
         self.url = retrieve_url(url)
         self.timeout_s = timeout_s
+        self.max_retries, self.timeout_retries = max_retries, timeout_retries
+        self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
         self.batch_window_s = batch_window_s
         self.max_batch = max_batch
         self.cache = LRUCache(cache_size)
         # an upper bound on one POST with all its retries; a caller never waits longer than this
-        self._wait_s = timeout_s * (max_retries + 1) + backoff_max_s * max_retries + batch_window_s + 10.0
+        attempts = max_retries + timeout_retries + 1
+        self._wait_s = timeout_s * attempts + backoff_max_s * (attempts - 1) + batch_window_s + 10.0
         self.stats = HTTPStats()
         self._stats_lock = threading.Lock()
 
-        retry = Retry(
-            total=max_retries,
-            connect=max_retries,
-            read=max_retries,
-            status=max_retries,
-            status_forcelist=_RETRY_STATUS,
-            allowed_methods=None,  # retrieval is idempotent, so POST may be retried
-            backoff_factor=backoff_s,
-            backoff_max=backoff_max_s,
-            raise_on_status=False,  # hand the last 5xx back so we can report its message
-        )
         self.session = requests.Session()
-        adapter = HTTPAdapter(max_retries=retry, pool_maxsize=max_inflight)
+        adapter = HTTPAdapter(max_retries=0, pool_maxsize=max_inflight)  # retries are ours (see _post)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
@@ -225,6 +236,7 @@ class HTTPRetriever(Retriever):
         except Exception as e:  # everything becomes a RetrieverError for the callers
             with self._stats_lock:
                 self.stats.errors += 1
+                self.stats.timeouts += isinstance(e, RetrieverTimeout)
             err = e if isinstance(e, RetrieverError) else RetrieverError(f"{self.url}: {e}")
             for p in items:
                 p.future.set_exception(err)
@@ -239,12 +251,29 @@ class HTTPRetriever(Retriever):
 
     def _post(self, queries: list[str], k: int) -> list[list[Passage]]:
         body = {"queries": queries, "topk": k, "return_scores": True}
-        try:
-            r = self.session.post(self.url, json=body, timeout=self.timeout_s)
-        except requests.Timeout as e:
-            raise RetrieverError(f"{self.url}: timed out after {self.timeout_s}s (with retries): {e}") from e
-        except requests.RequestException as e:
-            raise RetrieverError(f"{self.url}: request failed (with retries): {e}") from e
+        transient = timeouts = 0  # retries spent on each cause
+        while True:
+            try:
+                r = self.session.post(self.url, json=body, timeout=self.timeout_s)
+            except requests.ReadTimeout as e:  # connected, but no answer in time
+                if timeouts >= self.timeout_retries:
+                    raise RetrieverTimeout(
+                        f"{self.url}: timed out after {self.timeout_s}s ({transient + timeouts + 1} attempt(s)): {e}"
+                    ) from e
+                timeouts += 1
+            except requests.RequestException as e:  # refused, reset, unreachable: the server may come back
+                if transient >= self.max_retries:
+                    raise RetrieverError(
+                        f"{self.url}: request failed after {transient + timeouts + 1} attempt(s): {_reason(e)}"
+                    ) from e
+                transient += 1
+            else:
+                if r.status_code not in _RETRY_STATUS or transient >= self.max_retries:
+                    break
+                transient += 1
+            with self._stats_lock:
+                self.stats.retries += 1
+            time.sleep(min(self.backoff_max_s, self.backoff_s * 2 ** (transient + timeouts - 1)))
         if r.status_code != 200:
             try:
                 msg = r.json().get("error", r.text)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from at2po.agent.retrievers import Passage, Retriever, RetrieverError, load_retriever
+from at2po.agent.retrievers.base import RetrieverTimeout
 from at2po.agent.retrievers.http import HTTPRetriever, LRUCache, retrieve_url
 from at2po.agent.retrievers.server import RetrievalServer
 from at2po.agent.retrievers.wire import decode_results
@@ -67,7 +68,7 @@ def test_cache_avoids_repeat_posts_and_is_keyed_by_k(bm25):
             assert len(rec.calls) == 1  # served from the cache
             client.search("capital", 3)
             assert rec.calls[-1] == (["capital"], 3)
-            assert client.stats.as_dict() == {"queries": 6, "cache_hits": 2, "posts": 2, "errors": 0}
+            assert client.stats.as_dict() == {"queries": 6, "cache_hits": 2, "posts": 2, "errors": 0, "timeouts": 0, "retries": 0}
         finally:
             client.close()
 
@@ -103,6 +104,7 @@ def test_retries_transient_5xx_then_succeeds(bm25):
         client = HTTPRetriever(s.url, max_retries=3, backoff_s=0.01)
         try:
             assert client.search("penguin", 1)[0].id == "penguin"
+            assert client.stats.retries == 2 and client.stats.errors == 0
         finally:
             client.close()
     assert len(rec.calls) == 3
@@ -133,18 +135,22 @@ def test_4xx_is_not_retried(bm25):
     assert rec.calls == []
 
 
-def test_timeout(bm25):
+@pytest.mark.parametrize("timeout_retries", [0, 1])
+def test_timeout_is_retried_only_timeout_retries_times(bm25, timeout_retries):
     rec = Recording(bm25, sleep_s=1.0)
     with RetrievalServer(rec, port=0) as s:
-        client = HTTPRetriever(s.url, timeout_s=0.2, max_retries=1, backoff_s=0.01)
+        # max_retries (transient failures) does not apply to timeouts: they have their own count
+        client = HTTPRetriever(s.url, timeout_s=0.2, max_retries=3, timeout_retries=timeout_retries, backoff_s=0.01)
         t0 = time.monotonic()
         try:
-            with pytest.raises(RetrieverError, match="timed out"):
+            with pytest.raises(RetrieverTimeout, match="timed out"):
                 client.search("x", 1)
+            assert client.stats.timeouts == client.stats.errors == 1
+            assert client.stats.retries == timeout_retries
         finally:
             client.close()
-        assert time.monotonic() - t0 < 1.5  # two 0.2 s attempts, not the server's 1 s each
-    assert len(rec.calls) == 2
+        assert time.monotonic() - t0 < 0.2 * (timeout_retries + 1) + 0.8  # 0.2 s attempts, not the server's 1 s
+    assert len(rec.calls) == timeout_retries + 1
 
 
 def test_connection_refused():
