@@ -65,6 +65,7 @@ class ToolResult:
 
 
 class AgentEnv(ABC):
+    tool_name: str = "tool"  # the name tool calls are counted under (``tool/<name>/...`` metrics)
     stop_strings: tuple[str, ...] = ()  # a turn stops at any of these (kept in the turn), e.g. ("</search>",)
     stop_token_ids: tuple[int, ...] = ()  # eos / end-of-turn ids
     max_tool_calls: int = 6

@@ -25,6 +25,7 @@ from at2po.agent.env import AgentEnv, ParsedTurn, QAExample, ToolResult, TurnKin
 from at2po.agent.prompts import build_prompt_ids, stop_token_ids
 from at2po.agent.protocol import (
     TURN_STOP_STRINGS,
+    error_message,
     format_observation,
     format_passages,
     parse_turn,
@@ -89,6 +90,7 @@ class SearchEnv(AgentEnv):
     """The search agent's environment over any ``Retriever`` (bm25, dense, http)."""
 
     stop_strings = TURN_STOP_STRINGS
+    tool_name = "search"
 
     def __init__(self, tokenizer: Any, retriever: Retriever | None, cfg: EnvConfig | None = None) -> None:
         """``retriever`` may be None when the env only formats prompts/observations (SFT); searches then fail
@@ -154,11 +156,14 @@ class SearchEnv(AgentEnv):
         flags: dict[int, tuple[str, ...]] = {}
         t0 = time.monotonic()
         for i, call in enumerate(calls):
-            if call.kind == TurnKind.TOOL_CALL and call.query:
-                query, flags[i] = clean_query(call.query, self.cfg.max_query_chars)
+            query, flags[i] = clean_query(call.query or "", self.cfg.max_query_chars)
+            if call.kind == TurnKind.TOOL_CALL and query:
                 futures[pool.submit(self._search, query, started, i)] = i
+            elif call.kind == TurnKind.TOOL_CALL:  # nothing left after cleaning (e.g. only control characters)
+                results[i] = ToolResult(observation=format_observation(error_message("empty_query")),
+                                        tool=self.tool_name, empty=True, flags=flags[i])
             else:
-                results[i] = ToolResult(observation=call.message or format_observation(NO_RESULTS), tool="search")
+                results[i] = ToolResult(observation=call.message or format_observation(NO_RESULTS), tool=self.tool_name)
         timeout = self.cfg.tool_timeout_s
         queue_limit = timeout * (1 + -(-len(futures) // self.cfg.tool_workers))
         pending = set(futures)
@@ -171,7 +176,7 @@ class SearchEnv(AgentEnv):
                 latency = now - started.get(i, now)
                 try:
                     passages = fut.result()
-                    results[i] = ToolResult(observation=self.observe(passages), latency_s=latency, tool="search",
+                    results[i] = ToolResult(observation=self.observe(passages), latency_s=latency, tool=self.tool_name,
                                             empty=not passages, flags=flags[i])
                 except RetrieverTimeout as exc:  # the retriever's own (HTTP) timeout fired first
                     results[i] = self._failure("timeout", latency, detail=str(exc), flags=flags[i])
@@ -199,7 +204,7 @@ class SearchEnv(AgentEnv):
     def _failure(self, error: str, latency: float, detail: str = "", flags: tuple[str, ...] = ()) -> ToolResult:
         reason = "it timed out" if error == "timeout" else "the search engine returned an error"
         text = format_observation(f"Search failed: {reason}. Try again, or answer with what you know.")
-        return ToolResult(observation=text, ok=False, error=error, latency_s=latency, tool="search", flags=flags,
+        return ToolResult(observation=text, ok=False, error=error, latency_s=latency, tool=self.tool_name, flags=flags,
                           detail=detail or None)
 
     # ---- observations ----------------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ def serve_retriever(
         raise typer.Exit(2)
     try:
         retriever = load_retriever(index_spec)
-    except RetrieverError as e:
+    except (RetrieverError, OSError, ValueError) as e:  # a missing, corrupt or foreign index
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     kind = "http" if index_spec.startswith(("http://", "https://")) else read_meta(index_spec)["kind"]

@@ -96,8 +96,6 @@ def eval_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="JSON report path (default <train.output_dir>/eval.json)"),
 ) -> None:
     """Evaluate model.path on data.test: per-source EM / F1 / format / tool calls / turns (pass@k with eval.n=k)."""
-    from rich.console import Console
-
     from at2po.train.components import (
         build_engine,
         build_env,
@@ -108,6 +106,7 @@ def eval_cmd(
     )
     from at2po.train.evaluate import evaluate, format_table, write_report
     from at2po.train.faults import eval_tool_warning
+    from at2po.train.logging import make_console
 
     cfg = _resolve(list(args or []), preset)
     check_paths(cfg, ("model", "test", "index"))
@@ -124,7 +123,7 @@ def eval_cmd(
     finally:
         env.close()
     path = write_report(report, out or Path(cfg.train.output_dir) / "eval.json")
-    console = Console()
+    console = make_console()
     console.print(format_table(report, title=f"eval of {cfg.model.path}"))
     if warning := eval_tool_warning(report, cfg.faults.tool_failure_warn, "eval"):
         console.print(f"[yellow]warning: {warning}[/yellow]")

@@ -217,10 +217,12 @@ class PhaseRunner:
                 out.append(fut.result(timeout=self.cfg.tool_timeout_s)[0])
             except FutureTimeout:
                 out.append(ToolResult(format_observation("Search failed: it timed out."), ok=False, error="timeout",
-                                      detail=f"no answer within rollout.tool_timeout_s={self.cfg.tool_timeout_s}"))
+                                      detail=f"no answer within rollout.tool_timeout_s={self.cfg.tool_timeout_s}",
+                                      tool=self.env.tool_name))
             except Exception as exc:
                 msg = format_observation("Search failed: the tool raised an error.")
-                out.append(ToolResult(msg, ok=False, error=f"tool_error: {type(exc).__name__}: {exc}"))
+                out.append(ToolResult(msg, ok=False, error=f"tool_error: {type(exc).__name__}: {exc}",
+                                      tool=self.env.tool_name))
         pool.shutdown(wait=False, cancel_futures=True)
         return out
 

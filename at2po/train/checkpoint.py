@@ -27,10 +27,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from at2po.errors import UserError
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
+# what a failed write raises: plain writes OSError (ENOSPC, EFBIG, EDQUOT), torch.save's C++ writer RuntimeError
+# ("PytorchStreamWriter failed writing file", "unexpected pos"), safetensors its SafetensorError
+_WRITE_ERRORS: tuple[type[BaseException], ...] = (OSError, RuntimeError, SafetensorError)
 
 
 class CheckpointWriteError(UserError, OSError):
@@ -113,15 +117,13 @@ def save_checkpoint(
                 shutil.rmtree(final)
             os.replace(tmp, final)
             _fsync_dir(root)
-    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError ("... write failed")
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, RuntimeError) and not _is_write_failure(exc):
-            raise
+    except _WRITE_ERRORS as exc:  # a full disk / quota / file-size limit: torch.save raises RuntimeError, safetensors
+        shutil.rmtree(tmp, ignore_errors=True)  # SafetensorError, plain writes OSError
         prev = latest_checkpoint(output_dir)
         kept = f"the previous checkpoint {prev} is intact" if prev is not None else "no earlier checkpoint exists"
         raise CheckpointWriteError(
-            f"checkpoint step {step} could not be written to {root}: {exc}; {kept} (resume from it with --resume "
-            "after freeing space)"
+            f"checkpoint step {step} could not be written to {root} ({_free(root)} free): {type(exc).__name__}: "
+            f"{exc}; {kept} (free space, then continue with --resume)"
         ) from exc
     if accelerator.is_main_process:  # prune only once the new checkpoint is in place
         for old in list_checkpoints(output_dir)[:-keep_last]:
@@ -164,20 +166,21 @@ def export_final(accelerator: Any, model: torch.nn.Module, tokenizer: Any, out_d
             if out.exists():
                 shutil.rmtree(out)
             os.replace(tmp, out)
-        except OSError as exc:
+        except _WRITE_ERRORS as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise CheckpointWriteError(
-                f"the final model could not be written to {out}: {exc}; the last checkpoint in "
-                f"{out.parent / 'checkpoints'} holds the same weights"
+                f"the final model could not be written to {out} ({_free(out.parent)} free): {type(exc).__name__}: "
+                f"{exc}; the last checkpoint in {out.parent / 'checkpoints'} holds the same weights"
             ) from exc
     accelerator.wait_for_everyone()
     return out
 
 
-def _is_write_failure(exc: RuntimeError) -> bool:
-    """torch.save's C++ writer raises RuntimeError on ENOSPC/EIO (e.g. "PytorchStreamWriter failed writing file")."""
-    msg = str(exc).lower()
-    return "write" in msg and ("fail" in msg or "space" in msg)
+def _free(path: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(path).free / 2**20:.0f} MiB"
+    except OSError:
+        return "unknown space"
 
 
 def _fsync_dir(path: Path) -> None:

@@ -143,7 +143,19 @@ def format_table(report: dict[str, Any], title: str = "evaluation") -> Any:
             continue
         tool = [_rate(d.get(k)) for k, _ in tool_cols]
         table.add_row(name, f"{int(d['count'])}", *[f"{d[c]:.3f}" for c in cols], *tool)
+    table.caption = tool_caption(report.get("tools") or {})
     return table
+
+
+def tool_caption(tools: dict[str, float]) -> str | None:
+    """One line per tool: calls, outcomes and latency percentiles (from ``report["tools"]``)."""
+    names = sorted({k.split("/")[0] for k in tools if k.endswith("/calls")})
+    parts = []
+    for n in names:
+        fails = tools.get(f"{n}/failure_rate", 0.0) * tools[f"{n}/calls"]
+        parts.append(f"{n}: {int(tools[f'{n}/calls'])} calls, {round(fails)} failed, latency p50 "
+                     f"{1000 * tools[f'{n}/latency_p50_s']:.0f} ms, p99 {1000 * tools[f'{n}/latency_p99_s']:.0f} ms")
+    return "; ".join(parts) or None
 
 
 def _rate(v: float | None) -> str:

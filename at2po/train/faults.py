@@ -2,8 +2,8 @@
 
 ``ToolHealth`` reads each step's tool calls (``at2po.rollout.tool_stats``): above ``faults.tool_failure_warn``
 (errors + timeouts over calls) it returns a warning; after ``faults.tool_failure_patience`` consecutive steps
-at or above ``faults.tool_failure_stop`` it raises :class:`ToolFailureError`, before the step's update, so the
-policy never trains on a batch of "search failed" observations.
+at or above ``faults.tool_failure_stop`` it raises :class:`ToolFailureError` before that step's update (the
+``patience − 1`` failing steps before it were trained on, as any step is; the stop ends the damage).
 """
 
 from __future__ import annotations
@@ -61,10 +61,8 @@ def tool_hint(cfg: object) -> str:
     """What to check when the search tool keeps failing (names data.index)."""
     index = str(getattr(getattr(cfg, "data", None), "index", None))
     if index.startswith(("http://", "https://")):
-        return (f"Is the retriever at data.index={index!r} running (`at2po serve-retriever --index INDEX_DIR`)? "
-                "The last completed step is checkpointed; fix the tool and continue with --resume.")
-    return (f"Check the index at data.index={index!r}. The last completed step is checkpointed; fix the tool and "
-            "continue with --resume.")
+        return f"Is the retriever at data.index={index!r} running (`at2po serve-retriever --index INDEX_DIR`)?"
+    return f"Check the index at data.index={index!r}."
 
 
 def eval_tool_warning(report: dict, warn_rate: float, where: str) -> str | None:

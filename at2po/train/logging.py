@@ -26,6 +26,17 @@ _SUMMARY = (
 )
 
 
+LOG_WIDTH = 160  # columns when the output is not a terminal (a log file, CI): rich would otherwise wrap at 80
+
+
+def make_console(**kwargs: Any) -> Console:
+    """A rich console that wraps at the terminal's width, or at ``LOG_WIDTH`` when writing to a file or pipe."""
+    probe = Console(**kwargs)
+    if probe.is_terminal or "width" in kwargs:
+        return probe
+    return Console(width=LOG_WIDTH, **kwargs)
+
+
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -56,7 +67,7 @@ class RunLogger:
     ) -> None:
         self.enabled = enabled
         self.run_dir = Path(run_dir)
-        self.console = console or Console()
+        self.console = console or make_console()
         self.path = self.run_dir / "metrics.jsonl"
         self._tb = None
         self._wandb = None

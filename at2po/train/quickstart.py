@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from at2po.config import RunConfig, load_config
 
 # Sized for 2 CPU cores: see docs/sections/training.md for the measured time and before/after numbers.
@@ -121,11 +119,12 @@ def run_quickstart(
 
     from at2po.agent.world import make_world
     from at2po.models.tiny import build_tiny_model
+    from at2po.train.logging import make_console
     from at2po.train.plot import plot_runs
     from at2po.train.sft import sft
     from at2po.train.trainer import train
 
-    console = Console()
+    console = make_console()
     t0 = time.perf_counter()
     out = Path(out_dir)
     torch.manual_seed(seed)

@@ -25,6 +25,7 @@ import torch
 
 from at2po.config import ConfigError, RunConfig, save_config
 from at2po.core.tis import logprob_mismatch, tis_weights
+from at2po.rollout.tool_stats import tool_metrics
 from at2po.train import checkpoint as ckpt
 from at2po.train.components import (
     PromptSampler,
@@ -92,19 +93,23 @@ def train(
             raise ConfigError(f"config key 'train.{key}': {getattr(cfg.train, key)} must be divisible by the "
                               f"{acc.num_processes} processes")
     last = ckpt.latest_checkpoint(cfg.train.output_dir) if resume else None
+    train_set = load_examples(cfg.data.train, cfg.data.max_train_examples)  # a bad row fails here, before any model
+    test_set = load_examples(cfg.data.test, cfg.data.max_test_examples)
+    if not train_set:
+        raise ConfigError(f"data.train={cfg.data.train!r} has no examples")
 
     # --- 1. tool (checked before any model loads: faults.check_retriever), model, optimizer, schedule ----------
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
     env = build_env(cfg, tokenizer)
     try:
-        return _train(cfg, acc, tokenizer, env, last, model_hook)
+        return _train(cfg, acc, tokenizer, env, last, model_hook, train_set, test_set)
     finally:  # also on NonFiniteError / ToolFailureError / KeyboardInterrupt: stop the tool threads
         env.close()
 
 
 def _train(
     cfg: RunConfig, acc: Any, tokenizer: Any, env: Any, last: Path | None,
-    model_hook: Callable[[torch.nn.Module], None] | None,
+    model_hook: Callable[[torch.nn.Module], None] | None, train_set: list[Any], test_set: list[Any],
 ) -> TrainResult:
     from accelerate.utils import set_seed
     from transformers import get_scheduler
@@ -133,10 +138,6 @@ def _train(
     pad_id = int(tokenizer.pad_token_id)
 
     # --- 2. data and state --------------------------------------------------------------------------------
-    train_set = load_examples(cfg.data.train, cfg.data.max_train_examples)
-    test_set = load_examples(cfg.data.test, cfg.data.max_test_examples)
-    if not train_set:
-        raise ValueError(f"data.train={cfg.data.train!r} has no examples")
     sampler = PromptSampler(len(train_set), seed=cfg.train.seed)
     start = 0
     gen_total = 0.0  # cumulative generated tokens of all processes (train.max_generated_tokens budget)
@@ -158,6 +159,11 @@ def _train(
         if last:
             log.print(f"resuming from {last} (step {start})")
     result = TrainResult(run_dir=run_dir, steps_done=start, final_dir=None)
+
+    def save(step: int, data: dict[str, int], generated: float, rng: dict[str, Any] | None = None) -> None:
+        ckpt.save_checkpoint(run_dir, step, acc, model, tokenizer, optimizer, scheduler,
+                             {"data": data, "preset": cfg.preset, "generated_tokens": generated},
+                             keep_last=cfg.checkpoint.keep_last, rng=rng)
     mem = PhaseMemory()  # samples RSS / CUDA memory on a thread: the per-phase peaks of each step
 
     def run_eval(step: int) -> None:
@@ -198,16 +204,11 @@ def _train(
             trees, metrics, events = collect(engine, env, next_examples, local_prompts, cfg,
                                              seed=_rollout_seed(cfg, step, rank))
             metrics["time/rollout_s"] = time.perf_counter() - t0
-            try:  # every process decides on all processes' calls, so they stop together
-                warning = health.step(_gather(acc, events), step)
-            except ToolFailureError:
-                if step - 1 > start and not ckpt.has_checkpoint(run_dir, step - 1):  # keep the last good step
-                    ckpt.save_checkpoint(
-                        run_dir, step - 1, acc, model, tokenizer, optimizer, scheduler,
-                        {"data": before["data"], "preset": cfg.preset, "generated_tokens": before["generated_tokens"]},
-                        keep_last=cfg.checkpoint.keep_last, rng=before["rng"],
-                    )
-                raise
+            all_events = _gather(acc, events)  # every process decides on all processes' calls: they stop together
+            try:
+                warning = health.step(all_events, step)
+            except ToolFailureError as exc:  # before this step's update: keep the last completed step
+                raise ToolFailureError(f"{exc} {_kept_after_stop(save, run_dir, step, start, before)}") from exc
             if warning and acc.is_main_process:
                 log.print(f"[yellow]warning: {warning}[/yellow]")
             metrics.update(mem.metrics("rollout"))
@@ -219,6 +220,7 @@ def _train(
             # step counts as a bad one for the non-finite guard
             finite = [bool(np.isfinite(leaf_rewards(t)).all()) for t in trees]
             dropped = finite.count(False)
+            dropped_all = int(sum(_gather(acc, [dropped])))  # the guard must see the same count on every process
             metrics["rollout/nonfinite_reward_trees"] = float(dropped)
             if dropped:
                 trees = [t for t, ok in zip(trees, finite) if ok]
@@ -277,22 +279,20 @@ def _train(
 
             # --- 7. log, guard, eval, checkpoint ----------------------------------------------------------------
             metrics = _reduce_metrics(acc, metrics)
+            # tool rates and percentiles pooled over every process's calls (a mean of per-process rates is not one)
+            metrics = {k: v for k, v in metrics.items() if not k.startswith("tool/")} | tool_metrics(all_events)
             gen_total += float(metrics.get("rollout/generated_tokens") or 0.0) * world  # reduced = mean per process
             budget_hit = budget is not None and gen_total >= budget
             final = step == cfg.train.steps or budget_hit
             log.log(step, metrics)
             log.print(log.summary_line(step, cfg.train.steps, metrics))
             log.advance()
-            guard.step(stats.skipped + dropped, step)  # raises NonFiniteError after too many bad steps in a row
+            guard.step(stats.skipped + dropped_all, step)  # raises NonFiniteError after too many bad steps in a row
             result.steps_done = step
             if cfg.eval.every and step % cfg.eval.every == 0 and not final:
                 run_eval(step)
             if final or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
-                ckpt.save_checkpoint(
-                    run_dir, step, acc, model, tokenizer, optimizer, scheduler,
-                    {"data": sampler.state(), "preset": cfg.preset, "generated_tokens": gen_total},
-                    keep_last=cfg.checkpoint.keep_last,
-                )
+                save(step, sampler.state(), gen_total)
             if budget_hit:
                 result.stopped_by_budget = True
                 log.print(f"step {step}: {gen_total:.0f} generated tokens reached "
@@ -311,6 +311,21 @@ def _train(
 
 def _rollout_seed(cfg: RunConfig, step: int, rank: int) -> int:
     return int(cfg.rollout.seed + 1_000_003 * step + 7_919 * 97 * rank) % (2**31 - 1)
+
+
+def _kept_after_stop(save: Callable[..., None], run_dir: Path, step: int, start: int, before: dict[str, Any]) -> str:
+    """On a stop before step ``step``'s update: checkpoint step − 1 (unless saved already) with the data position
+    and RNG states of the step's start, which are exactly those at the end of step − 1; say what survived."""
+    last = step - 1
+    if last <= start:
+        return ("No step completed in this run, so nothing new was checkpointed"
+                + (f"; checkpoint step {start} is the latest." if start else "."))
+    if not ckpt.has_checkpoint(run_dir, last):
+        try:
+            save(last, before["data"], before["generated_tokens"], before["rng"])
+        except ckpt.CheckpointWriteError as exc:
+            return f"The last completed step {last} could not be checkpointed either: {exc}"
+    return f"Checkpoint step {last} holds the last completed step; fix the tool and continue with --resume."
 
 
 def _gather(acc: Any, items: list[Any]) -> list[Any]:

@@ -15,7 +15,11 @@ from safetensors.torch import load_file
 
 from at2po.config import load_config
 from at2po.train import checkpoint as ckpt
-from at2po.train.checkpoint import CheckpointWriteError, latest_checkpoint, list_checkpoints
+from at2po.train.checkpoint import (
+    CheckpointWriteError,
+    latest_checkpoint,
+    list_checkpoints,
+)
 from at2po.train.trainer import train
 from tests.faults.conftest import ROOT, small_overrides, wait_for
 
@@ -78,11 +82,12 @@ def test_kill_9_during_checkpoint_write_keeps_previous_and_resumes(tiny_world, t
         torch.testing.assert_close(got[k], v, rtol=0, atol=0)  # resumed == uninterrupted, bit for bit
 
 
-@pytest.mark.parametrize("fault", ["optimizer_runtime", "weights_oserror"])
+@pytest.mark.parametrize("fault", ["optimizer_runtime", "weights_safetensors", "tokenizer_oserror"])
 def test_disk_full_while_checkpointing(tiny_world, tmp_path, monkeypatch, reference, fault) -> None:
-    """ENOSPC in the middle of the step-2 checkpoint (torch.save reports it as a RuntimeError from its C++ writer,
-    safetensors as OSError): a one-line error naming the intact checkpoint, no partial directory left, and a
-    resume from step 1 (disk freed) ends equal to the uninterrupted run."""
+    """ENOSPC in the middle of the step-2 checkpoint, as each writer reports it (torch.save: RuntimeError from its
+    C++ writer; safetensors: SafetensorError; plain Python writes: OSError): a one-line error naming the intact
+    checkpoint, no partial directory left, and a resume from step 1 (disk freed) ends equal to the uninterrupted
+    run."""
     run = tmp_path / "run"
     over = _over(tiny_world, run)
     real_save = torch.save
@@ -95,17 +100,29 @@ def test_disk_full_while_checkpointing(tiny_world, tmp_path, monkeypatch, refere
 
     if fault == "optimizer_runtime":
         monkeypatch.setattr(ckpt.torch, "save", full_disk)
+    elif fault == "weights_safetensors":
+        import transformers.modeling_utils as mu
+        from safetensors import SafetensorError
+
+        real_sf = mu.safe_save_file
+
+        def no_space(tensors, filename, *a, **k):
+            if "step-00000002.tmp" in str(filename):
+                raise SafetensorError('Error while serializing: I/O error: No space left on device (os error 28)')
+            return real_sf(tensors, filename, *a, **k)
+
+        monkeypatch.setattr(mu, "safe_save_file", no_space)
     else:
-        from transformers import PreTrainedModel
+        from transformers import PreTrainedTokenizerBase
 
-        real_sp = PreTrainedModel.save_pretrained
+        real_tok = PreTrainedTokenizerBase.save_pretrained
 
-        def no_space(self, d, *a, **k):
+        def no_space_tok(self, d, *a, **k):
             if "step-00000002.tmp" in str(d):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            return real_sp(self, d, *a, **k)
+            return real_tok(self, d, *a, **k)
 
-        monkeypatch.setattr(PreTrainedModel, "save_pretrained", no_space)
+        monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", no_space_tok)
     with pytest.raises(CheckpointWriteError, match="checkpoint step 2 could not be written") as info:
         train(load_config(preset="at2po", overrides=over))
     assert "step-00000001 is intact" in str(info.value)
@@ -118,3 +135,25 @@ def test_disk_full_while_checkpointing(tiny_world, tmp_path, monkeypatch, refere
     got = _final_weights(run)
     for k, v in reference.items():
         torch.testing.assert_close(got[k], v, rtol=0, atol=0)
+
+
+def test_a_real_write_failure_in_a_subprocess(tiny_world, tmp_path) -> None:
+    """No mock: the CLI run under a 40 kB file-size limit (RLIMIT_FSIZE; Python ignores SIGXFSZ, so the kernel's
+    EFBIG reaches whichever writer hits it first). The first checkpoint cannot be written: one line, exit 2,
+    nothing partial left."""
+    import resource
+
+    run = tmp_path / "run"
+    over = _over(tiny_world, run)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+
+    proc = subprocess.run([sys.executable, "-m", "at2po.cli", "train", "--preset", "at2po", *over],
+                          capture_output=True, text=True, preexec_fn=limit, timeout=300, check=False,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(err) == 1 and err[0].startswith("error: checkpoint step 1 could not be written")
+    assert "no earlier checkpoint exists" in err[0] and "Traceback" not in proc.stderr
+    assert not list(ckpt.checkpoint_root(run).glob("*"))  # neither a checkpoint nor a partial .tmp

@@ -38,6 +38,7 @@ def test_eval_against_a_dead_retriever_fails_fast_naming_data_index(tiny_world, 
     assert len(lines) == 1 and lines[0].startswith("error: data.index='http://127.0.0.1:9/' does not answer a search")
     assert "Connection refused" in lines[0] and "at2po serve-retriever" in lines[0]
     assert "Traceback" not in r.output and time.monotonic() - t0 < 20
+    print(f"\n[fault] dead retriever at start-up: one-line error after {time.monotonic() - t0:.1f} s (3 retries)")
 
 
 def test_train_with_a_corrupt_local_index_names_it(tiny_world, broken_weights_model, tmp_path) -> None:
@@ -82,3 +83,22 @@ def test_internal_errors_keep_their_traceback() -> None:
         user_errors(user)()
     with pytest.raises(KeyError):  # not swallowed into a one-liner
         user_errors(internal)()
+
+
+def test_eval_against_a_dead_retriever_without_the_check_says_the_tool_failed(tiny_world, sft_model, tmp_path) -> None:
+    """The issue's original report: EM 0.000, format 1.000, tool_calls 1.0 and no warning. Now the table has the
+    tool columns and a warning says the scores measure a broken tool."""
+    out = tmp_path / "eval.json"
+    r = CliRunner().invoke(app, ["eval", "--preset", "at2po", f"model.path={sft_model}", f"data.test={tiny_world['test']}",
+                                 "data.index=http://127.0.0.1:9/", "faults.check_retriever=false",
+                                 "env.retriever_retries=0", "rollout.max_turn_tokens=40", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    report = json.loads(out.read_text())
+    calls = int(report["tools"]["calls"])
+    assert calls > 0 and report["tools"]["errors"] == calls and report["overall"]["tool_error_rate"] == 1.0
+    assert f"warning: eval: 100% of {calls} tool calls failed ({calls} errors, 0 timeouts)" in text
+    assert "Connection refused" in text and "the scores measure a broken tool, not the model" in text
+    assert "tool_err" in r.output and report["tool_last_error"]["tool"] == "search"
+    assert f"search: {calls} calls, {calls} failed, latency p50" in text  # the table's caption
+    assert report["tools"]["search/latency_p99_s"] >= report["tools"]["search/latency_p50_s"] >= 0

@@ -80,3 +80,10 @@ def test_protocol_tags_inside_a_passage_cannot_end_the_observation_or_plant_an_a
     response = format_search_turn("look it up", "Paris facts") + res.observation + "<think>not sure</think>"
     m = qa_metrics(response, ["Paris"])
     assert m["em"] == 0.0 and m["answered"] == 0.0
+
+
+def test_a_query_of_control_characters_only_is_not_sent(live_env) -> None:
+    before = live_env.retriever.stats.queries
+    [res] = live_env.run_tools([ParsedTurn(TurnKind.TOOL_CALL, query="\x00\x01\x1b")])
+    assert res.status == "empty" and res.flags == ("query_sanitized",) and "search query is empty" in res.observation
+    assert live_env.retriever.stats.queries == before

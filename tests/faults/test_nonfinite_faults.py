@@ -72,3 +72,23 @@ def test_nan_rewards_are_counted_and_their_updates_skipped(tiny_world, sft_model
     out = " ".join(capsys.readouterr().out.split())
     assert "step 1: 8 leaf rewards are NaN/inf: the updates over their 2 trees are skipped" in out
     _assert_untouched(seen)
+
+
+def test_a_nan_reward_on_some_trees_drops_only_those(tiny_world, sft_model, tmp_path, monkeypatch) -> None:
+    """NaN for one question (1 of the 6; once per 3-step epoch): its tree leaves the batch, the other tree of the
+    step still trains, and the guard's count resets at the next clean step, so the run completes."""
+    real_build_env = trainer_mod.build_env
+
+    def one_bad_question(cfg, tokenizer):
+        env = real_build_env(cfg, tokenizer)
+        real = env.reward
+        env.reward = lambda text, ex: float("nan") if "Alba" in ex.question else real(text, ex)
+        return env
+
+    monkeypatch.setattr(trainer_mod, "build_env", one_bad_question)
+    res = train(_cfg(tiny_world, sft_model, tmp_path / "run"))
+    assert res.steps_done == 6
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    bad = [r for r in rows if r["rollout/nonfinite_reward_trees"]]
+    assert len(bad) == 2 and all(r["rollout/nonfinite_reward_trees"] == 1 for r in bad)
+    assert all(r["actor/updates"] > 0 for r in bad)  # the finite tree of the step was trained on

@@ -8,7 +8,10 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from at2po.agent.env import ParsedTurn, TurnKind
@@ -48,7 +51,8 @@ def test_server_killed_then_restarted(tiny_world, server_process) -> None:
         proc.wait()
         t0 = time.monotonic()
         down = env.run_tools(_calls("mayor of Dorn", "Esk Miller", "mayor of Galt"))
-        assert time.monotonic() - t0 < 5  # refused connections fail at once, nothing waits for a timeout
+        down_s = time.monotonic() - t0
+        assert down_s < 5  # refused connections fail at once, nothing waits for a timeout
         assert [r.status for r in down] == ["error"] * 3
         assert all("Search failed" in r.observation and "Connection refused" in (r.error or "") for r in down)
         assert env.counters["tool_errors"] == 3
@@ -62,6 +66,8 @@ def test_server_killed_then_restarted(tiny_world, server_process) -> None:
         restart.join()
         assert [r.status for r in back] == ["ok", "ok"], [r.error for r in back]
         assert env.retriever.stats.retries > 0 and time.monotonic() - t0 < 30
+        print(f"\n[fault] server killed: 3 calls failed in {down_s:.2f} s; restarted after 1 s: calls ok after "
+              f"{env.retriever.stats.retries} retries, {time.monotonic() - t0:.1f} s")
     finally:
         env.close()
 
@@ -85,6 +91,7 @@ def test_slow_server_times_out_without_stalling_the_batch(tiny_world) -> None:
             wall = time.monotonic() - t0
             assert [r.status for r in res] == ["timeout"] * 4
             assert wall < 0.5 + 1.0, wall  # the batch waits one timeout, not the server's 3 s
+            print(f"\n[fault] slow server (3 s per search), env.tool_timeout_s=0.5: 4 calls timed out, batch {wall:.2f} s")
             events = [ToolEvent(r.tool, r.status, r.latency_s, r.error) for r in res]
             m = tool_metrics(events)
             assert m["tool/timeout_rate"] == 1.0 and m["tool/timeouts"] == 4 and m["tool/errors"] == 0
@@ -94,6 +101,7 @@ def test_slow_server_times_out_without_stalling_the_batch(tiny_world) -> None:
             t0 = time.monotonic()
             again = env.run_tools(_calls("mayor of Alba"))
             assert again[0].status == "ok" and time.monotonic() - t0 < 1.5
+            print(f"[fault] server fast again: next batch ok in {time.monotonic() - t0:.2f} s")
         finally:
             env.close()
 
@@ -121,7 +129,7 @@ class _Switch:
 
 
 def _outage_run(tiny_world, model: Path, tmp_path, monkeypatch, down_after: int, up_after: int | None,
-                extra: list[str]):
+                extra: list[str], name: str = "run"):
     """Train with data.index on a live server that goes down after step ``down_after`` is logged and comes back
     after step ``up_after``; returns (switch, metrics per step, what the run raised)."""
     sw = _Switch(tiny_world["index"])
@@ -137,7 +145,7 @@ def _outage_run(tiny_world, model: Path, tmp_path, monkeypatch, down_after: int,
             sw.start()
 
     monkeypatch.setattr(RunLogger, "log", log)
-    over = small_overrides(tiny_world, tmp_path / "run") + [  # the SFT'd tiny model: it searches
+    over = small_overrides(tiny_world, tmp_path / name) + [  # the SFT'd tiny model: it searches
         f"model.path={model}", f"data.index={sw.url}", "data.test=null", "env.retriever_retries=0",
         "env.retriever_cache_size=0", "rollout.max_turn_tokens=40", "rollout.max_response_tokens=200", "logging.tensorboard=false", *extra]
     error = None
@@ -147,7 +155,8 @@ def _outage_run(tiny_world, model: Path, tmp_path, monkeypatch, down_after: int,
         error = exc
     finally:
         sw.stop()
-    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    monkeypatch.undo()
     return sw, {r["step"]: r for r in rows}, error
 
 
@@ -175,8 +184,23 @@ def test_persistent_tool_failure_stops_before_the_update_and_resumes(tiny_world,
     from at2po.train.checkpoint import list_checkpoints
 
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-00000002"]  # the last completed step
+    assert "Checkpoint step 2 holds the last completed step; fix the tool and continue with --resume." in msg
+
+    # that checkpoint, written at the start of step 3, is the one a periodic save at the end of step 2 writes
+    _outage_run(tiny_world, sft_model, tmp_path, monkeypatch, down_after=1, up_after=2, name="periodic",
+                extra=["train.steps=2", "checkpoint.every=1", "checkpoint.export_final=false"])
+    a, b = tmp_path / "run" / "checkpoints" / "step-00000002", tmp_path / "periodic" / "checkpoints" / "step-00000002"
+    wa, wb = load_file(str(a / "model" / "model.safetensors")), load_file(str(b / "model" / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    sa, sb = json.loads((a / "state.json").read_text()), json.loads((b / "state.json").read_text())
+    assert sa == sb  # step, data position, generated tokens
+    ra, rb = (torch.load(d / "rng-0.pt", weights_only=False) for d in (a, b))
+    assert ra["python"] == rb["python"] and torch.equal(ra["torch"], rb["torch"])
+    assert all(np.array_equal(x, y) for x, y in zip(ra["numpy"], rb["numpy"]))
+    oa, ob = (torch.load(d / "optimizer.pt", weights_only=False)["state"] for d in (a, b))
+    assert oa.keys() == ob.keys() and all(torch.equal(oa[i]["exp_avg"], ob[i]["exp_avg"]) for i in oa)
+
     sw.start()  # fix the tool, continue
-    monkeypatch.undo()
     over = small_overrides(tiny_world, tmp_path / "run") + [
         f"model.path={sft_model}", f"data.index={sw.url}", "data.test=null", "logging.tensorboard=false",
         "rollout.max_turn_tokens=40", "rollout.max_response_tokens=200", "train.steps=5"]

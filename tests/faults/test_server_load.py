@@ -21,7 +21,7 @@ def test_100_clients_x_50_requests_without_an_error(tiny_world) -> None:
     with RetrievalServer(load_retriever(tiny_world["index"]), port=0) as server:
         assert server.host == "127.0.0.1"  # loopback unless --host says otherwise
         stats = load_test(server.url, queries, clients=100, requests_per_client=50)
-        print(f"\n100 clients × 50 requests: p50 {stats['p50_ms']:.0f} ms, p99 {stats['p99_ms']:.0f} ms, "
+        print(f"\n[fault] 100 clients × 50 requests: p50 {stats['p50_ms']:.0f} ms, p99 {stats['p99_ms']:.0f} ms, "
               f"{stats['rps']:.0f} requests/s")
         assert stats["requests"] == 5000 and stats["errors"] == 0, stats.get("first_error")
 

@@ -6,7 +6,14 @@ import numpy as np
 
 from at2po.agent.env import ToolResult
 from at2po.core.tree import TurnTree
-from at2po.rollout.tool_stats import ToolEvent, last_failure, tool_events, tool_info, tool_metrics, worst_tool
+from at2po.rollout.tool_stats import (
+    ToolEvent,
+    last_failure,
+    tool_events,
+    tool_info,
+    tool_metrics,
+    worst_tool,
+)
 
 
 def test_counts_rates_and_latency_percentiles() -> None:

@@ -3,7 +3,8 @@
 - timeouts on connect and read (``timeout_s``);
 - bounded retries with exponential backoff (sleep backoff_s · 2^(n−1) before retry n, capped at
   ``backoff_max_s``), kept apart by cause: transient failures — connection refused or reset, 429/5xx — are
-  retried up to ``max_retries`` times; a request that timed out only ``timeout_retries`` times (default 0: its
+  retried up to ``max_retries`` times; a request that timed out (connecting or reading) only ``timeout_retries``
+  times (default 0: its
   time is already spent, and the env's per-call timeout would abandon it anyway). 4xx is never retried. Retries,
   errors and timeouts are counted in ``stats``;
 - an LRU cache of (query, k) → passages (rollouts repeat queries a lot: siblings in a tree share
@@ -255,7 +256,7 @@ class HTTPRetriever(Retriever):
         while True:
             try:
                 r = self.session.post(self.url, json=body, timeout=self.timeout_s)
-            except requests.ReadTimeout as e:  # connected, but no answer in time
+            except requests.Timeout as e:  # no answer in time (ReadTimeout), or a host that drops SYNs (ConnectTimeout)
                 if timeouts >= self.timeout_retries:
                     raise RetrieverTimeout(
                         f"{self.url}: timed out after {self.timeout_s}s ({transient + timeouts + 1} attempt(s)): {e}"

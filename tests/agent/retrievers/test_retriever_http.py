@@ -226,3 +226,24 @@ def test_http_round_trip_equals_local_for_any_text(live, queries, k):
     """Whatever the query text (unicode, quotes, empty), the wire format loses nothing."""
     local, client = live
     assert client.batch_search(queries, k) == local.batch_search(queries, k)
+
+
+def test_a_connect_timeout_is_a_timeout_not_a_transient_error(monkeypatch):
+    """A host that drops SYNs raises ConnectTimeout: counted as a timeout and not retried max_retries times (each
+    retry would cost another timeout_s)."""
+    import requests
+
+    client = HTTPRetriever("http://127.0.0.1:9", timeout_s=0.1, max_retries=5, backoff_s=0.0)
+    calls = []
+
+    def post(*a, **k):
+        calls.append(1)
+        raise requests.ConnectTimeout("connect timed out")
+
+    monkeypatch.setattr(client.session, "post", post)
+    try:
+        with pytest.raises(RetrieverTimeout, match="timed out after 0.1s \\(1 attempt"):
+            client.search("x", 1)
+    finally:
+        client.close()
+    assert len(calls) == 1 and client.stats.timeouts == 1
