@@ -64,7 +64,7 @@ class CreditConfig(_Section):
 
 
 class LossConfig(_Section):
-    name: Literal["token", "sequence", "turn"] = "turn"
+    name: Literal["token", "sequence", "turn", "aepo"] = "turn"
     clip_low: float | None = Field(None, ge=0)  # ε_l; None = the loss's paper default
     clip_high: float | None = Field(None, ge=0)  # ε_r
     agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = (

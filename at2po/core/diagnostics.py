@@ -1,10 +1,10 @@
-"""Logged (not optimised) training diagnostics: KL estimators and the turn entropy H_turn of the spec."""
+"""Logged (not optimised) training diagnostics: KL estimators and the turn entropy H_turn of the spec (ours and\nthe authors' code's estimator, both logged)."""
 
 from __future__ import annotations
 
 import torch
 
-from at2po.core.segments import turn_mean
+from at2po.core.segments import turn_mean, turn_sum
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
@@ -57,4 +57,33 @@ def turn_entropy(
     return (h * rows).sum() / rows.sum().clamp(min=1.0)
 
 
-__all__ = ["KL_ESTIMATORS", "kl_estimate", "turn_entropy"]
+@torch.no_grad()
+def turn_entropy_ref(
+    log_prob: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    mask: torch.Tensor,
+    tid: torch.Tensor,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """H_turn as the authors' code computes it (``compute_policy_loss_gspo_turn``): the same softmax entropy as
+    :func:`turn_entropy`, but KL_ij is turn j's *summed* log-ratio Σ_t (log π_θ − log π_old) (a k1 estimate) and
+    KL_i,seq the row's summed log-ratio, z_ij = KL_ij / KL_i,seq (a row sum of magnitude < eps is replaced by
+    ±eps, keeping its sign). Normalised by log N_i, 0 when N_i = 1; rows without generated tokens left out."""
+    mask_f = mask.to(log_prob.dtype)
+    k1 = torch.where(mask, log_prob - old_log_prob, torch.zeros_like(log_prob))  # [B, T]
+    kl_turn = turn_sum(k1, tid)  # [B, T_turn]
+    cnt = turn_sum(mask_f, tid)
+    kl_seq = k1.sum(-1)  # [B]
+    denom = torch.where(kl_seq.abs() < eps, torch.where(kl_seq < 0, -eps, eps) * torch.ones_like(kl_seq), kl_seq)
+    present = cnt > 0
+    z = kl_turn / denom[:, None]
+    z = torch.where(present, z, torch.full_like(z, torch.finfo(z.dtype).min))
+    logp = torch.log_softmax(z, dim=-1)
+    ent = -(torch.where(present, logp.exp() * logp, torch.zeros_like(logp))).sum(-1)  # [B]
+    n_turns = present.sum(-1).to(log_prob.dtype)
+    h = torch.where(n_turns > 1, ent / torch.log(n_turns.clamp(min=2.0)), torch.zeros_like(ent))
+    rows = (mask_f.sum(-1) > 0).to(h.dtype)
+    return (h * rows).sum() / rows.sum().clamp(min=1.0)
+
+
+__all__ = ["KL_ESTIMATORS", "kl_estimate", "turn_entropy", "turn_entropy_ref"]

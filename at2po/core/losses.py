@@ -12,6 +12,10 @@ behaviour policy; ``response_mask`` is 1 on generated tokens (observation/prompt
   default ε = 3e-4/4e-4.
 * ``turn`` (ATPO): r_it = sg[(π_θ(y_i^k)/π_old(y_i^k))^{1/|y_i^k|}] · π_θ(y_it)/sg[π_θ(y_it)] with k the
   turn of t (geometric mean over the turn's generated tokens); default ε = 3e-3/4e-3.
+* ``aepo`` (AEPO's entropy-balanced clipping): the token ratio, with the upper clip bound replaced by
+  (1 + ε_r)·r/sg(r): clip(r) = clamp(r, 1 − ε_l, (1 + ε_r)·r/sg(r)). Its value is PPO's clipped ratio, but above
+  1 + ε_r the gradient is (1 + ε_r)·∇log π instead of 0 (the high-entropy tokens that leave the range keep
+  learning); default ε = 0.2/0.2, dual clip c = 3 in the preset.
 
 The value of r is the token/sequence/turn ratio; its gradient flows through each token's own log-prob, so
 a whole turn whose ratio leaves the clip range (on the side the advantage pushes) stops contributing while
@@ -25,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from at2po.core.diagnostics import KL_ESTIMATORS, kl_estimate, turn_entropy
+from at2po.core.diagnostics import KL_ESTIMATORS, kl_estimate, turn_entropy, turn_entropy_ref
 from at2po.core.segments import checked_turn_index, turn_mean, turn_sum
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
@@ -33,6 +37,7 @@ DEFAULT_CLIP: dict[str, tuple[float, float]] = {
     "token": (0.2, 0.2),  # GRPO
     "sequence": (3e-4, 4e-4),  # GSPO
     "turn": (3e-3, 4e-3),  # ATPO (paper)
+    "aepo": (0.2, 0.2),  # AEPO (paper)
 }
 _MAX_LOG_RATIO = 20.0  # exp(±20) keeps the ratio finite in fp32; such tokens are clipped anyway
 
@@ -87,7 +92,31 @@ POLICY_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "token": _token_ratio,
     "sequence": _sequence_ratio,
     "turn": _turn_ratio,
+    "aepo": _token_ratio,
 }
+
+
+def _clip_ratio(name: str, ratio: torch.Tensor, eps_l: float, eps_h: float) -> torch.Tensor:
+    """clip(r) of loss ``name``: clamp(r, 1 − ε_l, 1 + ε_r), or for ``aepo`` clamp(r, 1 − ε_l, (1 + ε_r)·r/sg(r))
+    (the same value; above the bound the gradient of (1 + ε_r)·r/sg(r), i.e. (1 + ε_r)·∇log π)."""
+    if name != "aepo":
+        return ratio.clamp(1.0 - eps_l, 1.0 + eps_h)
+    upper = (1.0 + eps_h) * ratio / ratio.detach().clamp(min=1e-30)
+    return torch.where(ratio > 1.0 + eps_h, upper, ratio.clamp(min=1.0 - eps_l))
+
+
+def entropy_aware_advantages(
+    advantages: torch.Tensor, entropy: torch.Tensor, response_mask: torch.Tensor, weight: float = 0.2
+) -> torch.Tensor:
+    """AEPO's entropy-aware advantage: Ã_t = A_t · (1 + weight · sg(z(H_t))), z the z-score of the token
+    entropies H_t over the response tokens of the (micro-)batch (population std; 0 where it is 0). [B, T]"""
+    mask = response_mask.bool()
+    h = entropy.detach()
+    n = mask.sum().clamp(min=1)
+    mean = torch.where(mask, h, torch.zeros_like(h)).sum() / n
+    var = torch.where(mask, (h - mean) ** 2, torch.zeros_like(h)).sum() / n
+    z = torch.where(var > 0, (h - mean) / var.sqrt().clamp(min=1e-12), torch.zeros_like(h))
+    return torch.where(mask, advantages * (1.0 + weight * z), advantages)
 
 
 def policy_loss(
@@ -166,7 +195,7 @@ def policy_loss(
 
     ratio = POLICY_LOSSES[name](lp, log_ratio, mask_f, tid)  # [B, T]
     pg1 = -adv * ratio
-    pg2 = -adv * ratio.clamp(1.0 - eps_l, 1.0 + eps_h)
+    pg2 = -adv * _clip_ratio(name, ratio, eps_l, eps_h)
     pg = torch.maximum(pg1, pg2)
     if clip_ratio_c is not None:
         pg3 = -adv * clip_ratio_c
@@ -208,7 +237,8 @@ def policy_loss(
                 turn_clipped = (turn_sum(clipped.to(mask_f.dtype), tid) > 0) & present
                 out["pg_clipfrac_turn"] = turn_clipped.sum().to(mask_f.dtype) / present.sum().clamp(min=1)
                 out["turn_entropy"] = turn_entropy(lp.detach(), old, mask, tid)
+                out["turn_entropy_ref"] = turn_entropy_ref(lp.detach(), old, mask, tid)
     return loss, out
 
 
-__all__ = ["AGG_MODES", "DEFAULT_CLIP", "POLICY_LOSSES", "aggregate", "policy_loss"]
+__all__ = ["AGG_MODES", "DEFAULT_CLIP", "POLICY_LOSSES", "aggregate", "entropy_aware_advantages", "policy_loss"]
