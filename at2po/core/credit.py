@@ -211,15 +211,20 @@ class Credit:
 
 
 def token_advantages(
-    credit: Credit, node_ids: torch.Tensor, leaf: torch.Tensor, row_offset: torch.Tensor | None = None
+    credit: Credit,
+    node_ids: torch.Tensor,
+    leaf: torch.Tensor,
+    row_offset: torch.Tensor | None = None,
+    response_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Broadcast a :class:`Credit` to tokens: the ``advantages`` [B, T] tensor of the policy loss.
 
     ``node_ids`` [B, T]: node index of each token (-1 on prompt tokens), ``leaf`` [B]: each row's leaf, both
     tree-local (as in ``rollout.rows.Row``) with ``row_offset`` [B] = ``offsets[row.tree_index]`` from
     ``stack_trees``, or already global when ``row_offset`` is None. per_trajectory credit: A_it = values[leaf_i]
-    on every non-prompt token; per-node credit: A_it = values[node_it]. Prompt tokens get 0. Observation
-    tokens get their node's value too; the loss never sees them because ``response_mask`` is 0 there.
+    on every non-prompt token; per-node credit: A_it = values[node_it]. Prompt tokens get 0. With
+    ``response_mask`` [B, T] (what the trainer passes) every token off the mask — observation and padding too —
+    gets 0; without it observation tokens keep their node's value (the loss masks them anyway).
     """
     values = torch.as_tensor(credit.values, dtype=torch.float32, device=node_ids.device)  # [N]
     off = torch.zeros_like(leaf) if row_offset is None else row_offset.to(leaf.device)
@@ -228,7 +233,8 @@ def token_advantages(
         a = values[(leaf + off).long()][:, None].expand_as(node_ids)  # [B, T]
     else:
         a = values[torch.where(in_row, node_ids + off[:, None], 0).long()]  # [B, T]
-    return torch.where(in_row, a, torch.zeros_like(a))
+    keep = in_row if response_mask is None else in_row & response_mask.bool()
+    return torch.where(keep, a, torch.zeros_like(a))
 
 
 Estimator = Callable[..., Credit]

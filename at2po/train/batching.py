@@ -68,31 +68,6 @@ def collate(rows: Sequence[Any], pad_id: int) -> Batch:
     return Batch(ids, attn, resp, turn, node, lp, torch.zeros_like(resp), torch.zeros_like(resp))
 
 
-def token_advantages(
-    batch: Batch,
-    values: np.ndarray,
-    per_trajectory: bool,
-    tree_index: np.ndarray,
-    leaf: np.ndarray,
-    offsets: np.ndarray,
-) -> torch.Tensor:
-    """Broadcast per-node credit to tokens: ``[B, T]``.
-
-    ``values`` is indexed by global node id (trees concatenated with ``stack_trees``; ``offsets[j]`` is tree j's
-    first node). per_trajectory (GRPO, Tree-GRPO): A_{i,t} = values[leaf_i] on every generated token of row i;
-    otherwise (AT²PO): A_{i,t} = values[node(t)], the advantage of the turn that generated token t.
-    """
-    v = torch.as_tensor(np.asarray(values, dtype=np.float32))  # [N]
-    base = torch.as_tensor(offsets[tree_index], dtype=torch.long)  # [B]
-    if per_trajectory:
-        per_row = v[base + torch.as_tensor(leaf, dtype=torch.long)]  # [B]
-        adv = per_row[:, None].expand_as(batch.response_mask)
-    else:
-        gid = (base[:, None] + batch.node_ids.clamp(min=0)).clamp(max=len(v) - 1)  # [B, T]
-        adv = v[gid]
-    return adv * batch.response_mask
-
-
 def prompt_mini_batches(
     tree_index: np.ndarray, n_chunks: int, rng: np.random.Generator | None = None
 ) -> list[np.ndarray]:

@@ -9,13 +9,14 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 
 from at2po.config import RunConfig
-from at2po.core.credit import estimate
+from at2po.core.credit import estimate, token_advantages
 from at2po.core.packing import unique_token_count
 from at2po.core.tree import TurnTree, stack_trees
 from at2po.rollout.tool_stats import ToolEvent, tool_events, tool_metrics
-from at2po.train.batching import Batch, collate, token_advantages
+from at2po.train.batching import Batch, collate
 
 
 def leaf_rewards(tree: TurnTree) -> np.ndarray:
@@ -129,7 +130,9 @@ def build_batch(trees: list[TurnTree], cfg: RunConfig, pad_id: int) -> tuple[Bat
     batch = collate(rows, pad_id)
     row_tree = np.array([r.tree_index for r in rows], dtype=np.int64)
     row_leaf = np.array([r.leaf for r in rows], dtype=np.int64)
-    batch.advantages = token_advantages(batch, credit.values, credit.per_trajectory, row_tree, row_leaf, offsets)
+    batch.advantages = token_advantages(  # 0 off the response mask (prompt, observation, padding)
+        credit, batch.node_ids, torch.as_tensor(row_leaf), torch.as_tensor(offsets[row_tree]), batch.response_mask
+    ).to(batch.response_mask.dtype)
     m = batch.response_mask.bool()
     adv = batch.advantages[m]
     metrics = {

@@ -7,10 +7,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from at2po.core.credit import estimate
+from at2po.core.credit import estimate, token_advantages
 from at2po.core.tree import TurnTree, stack_trees
 from at2po.rollout.rows import flatten
-from at2po.train.batching import collate, micro_batches, prompt_mini_batches, token_advantages
+from at2po.train.batching import collate, micro_batches, prompt_mini_batches
 
 
 def _tree(prompt: list[int], shape: list[tuple[int, list[int], list[int]]], rewards: dict[int, float]) -> TurnTree:
@@ -45,6 +45,12 @@ def test_collate_pads_right_and_keeps_masks() -> None:
     assert sub.input_ids.shape[1] == max(len(rows[2].input_ids), len(rows[3].input_ids))
 
 
+def _adv(batch, credit, rt, rl, offsets):
+    """What the trainer does (experience.build_batch): core.credit.token_advantages under the response mask."""
+    return token_advantages(credit, batch.node_ids, torch.as_tensor(rl), torch.as_tensor(offsets[rt]),
+                            batch.response_mask)
+
+
 def test_token_advantages_match_brute_force() -> None:
     trees = _forest()
     arrays, tree_index, offsets = stack_trees(trees)
@@ -54,7 +60,7 @@ def test_token_advantages_match_brute_force() -> None:
     rl = np.array([r.leaf for r in rows])
     for name in ("grpo", "at2po"):
         credit = estimate(name, arrays, tree_index)
-        adv = token_advantages(batch, credit.values, credit.per_trajectory, rt, rl, offsets)
+        adv = _adv(batch, credit, rt, rl, offsets)
         for i, r in enumerate(rows):
             for t in range(len(r.input_ids)):
                 if r.response_mask[t]:
@@ -65,7 +71,7 @@ def test_token_advantages_match_brute_force() -> None:
                 assert adv[i, t].item() == np.float32(expect)
     # at2po: the shared first turn of tree 0 gets the same advantage in both of its trajectories
     credit = estimate("at2po", arrays, tree_index)
-    adv = token_advantages(batch, credit.values, False, rt, rl, offsets)
+    adv = _adv(batch, credit, rt, rl, offsets)
     assert adv[0, 3] == adv[1, 3]
 
 
