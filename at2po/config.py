@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from at2po.agent.search_env import EnvConfig
 from at2po.errors import UserError
@@ -47,13 +47,27 @@ class DataConfig(_Section):
     max_test_examples: int | None = Field(None, ge=1)
 
 
+def _registered(kind: str, name: str, registry: Mapping[str, Any], how: str) -> str:
+    if name not in registry:
+        raise ValueError(f"unknown {kind} {name!r}; registered: {sorted(registry)} ({how}, and list the module that "
+                         "registers it under `imports:` in the config)")
+    return name
+
+
 class CreditConfig(_Section):
-    name: Literal["grpo", "tree_grpo", "at2po"] = "at2po"
+    name: str = "at2po"  # a registered estimator (at2po.core.credit.CREDIT_ESTIMATORS): grpo, tree_grpo, at2po, ...
     value_mode: Literal["child_weighted", "child_softmax", "child_mean", "leaf_mean"] = "child_weighted"
     adv_mode: Literal["value", "td", "global", "td+global"] = "value"
     normalize_leaves: bool = True
     std: Literal["population", "sample"] = "population"
     eps: float = Field(1e-6, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known_estimator(cls, v: str) -> str:
+        from at2po.core.credit import CREDIT_ESTIMATORS
+
+        return _registered("credit estimator", v, CREDIT_ESTIMATORS, "add one with at2po.core.credit.register_estimator")
 
     def options(self) -> dict[str, Any]:
         """Keyword options for :func:`at2po.core.credit.estimate` (value/advantage modes only for ``at2po``)."""
@@ -64,7 +78,7 @@ class CreditConfig(_Section):
 
 
 class LossConfig(_Section):
-    name: Literal["token", "sequence", "turn", "aepo"] = "turn"
+    name: str = "turn"  # a registered policy loss (at2po.core.losses.POLICY_LOSSES): token, sequence, turn, aepo, ...
     clip_low: float | None = Field(None, ge=0)  # ε_l; None = the loss's paper default
     clip_high: float | None = Field(None, ge=0)  # ε_r
     agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = (
@@ -78,10 +92,17 @@ class LossConfig(_Section):
     # min(π_old/π_sampler, C), correcting sampler↔trainer drift (e.g. vLLM kernels). None = off.
     tis_cap: float | None = Field(None, gt=0)
 
-    def clips(self) -> tuple[float, float]:
-        from at2po.core.losses import DEFAULT_CLIP
+    @field_validator("name")
+    @classmethod
+    def _known_loss(cls, v: str) -> str:
+        from at2po.core.losses import POLICY_LOSSES
 
-        lo, hi = DEFAULT_CLIP[self.name]
+        return _registered("policy loss", v, POLICY_LOSSES, "add one with at2po.core.losses.register_policy_loss")
+
+    def clips(self) -> tuple[float, float]:
+        from at2po.core.losses import default_clip
+
+        lo, hi = default_clip(self.name)
         return (lo if self.clip_low is None else self.clip_low, hi if self.clip_high is None else self.clip_high)
 
 
@@ -181,9 +202,12 @@ class FaultsConfig(_Section):
 
 
 class RunConfig(_Section):
-    """The whole run. ``preset`` records which named preset the run started from."""
+    """The whole run. ``preset`` records which named preset the run started from; ``imports`` lists modules
+    imported before the sections are validated — where a user registers their own losses and estimators
+    (``register_policy_loss``, ``register_estimator``) so that ``loss.name`` / ``credit.name`` can name them."""
 
     preset: str | None = None
+    imports: list[str] = Field(default_factory=list)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     env: EnvConfig = Field(default_factory=EnvConfig)
@@ -197,6 +221,18 @@ class RunConfig(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _import_plugins(cls, data: Any) -> Any:
+        import importlib
+
+        for name in (data.get("imports") or []) if isinstance(data, Mapping) else []:
+            try:
+                importlib.import_module(str(name))
+            except ImportError as exc:  # a missing or broken plugin names itself
+                raise ValueError(f"config key 'imports': cannot import {name!r}: {exc}") from None
+        return data
 
     @model_validator(mode="after")
     def _sampler_old_log_prob(self) -> "RunConfig":

@@ -25,6 +25,7 @@ per-turn reductions are ``scatter_add`` over a turn axis — no Python loop over
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -33,12 +34,6 @@ from at2po.core.diagnostics import KL_ESTIMATORS, kl_estimate, turn_entropy, tur
 from at2po.core.segments import checked_turn_index, turn_mean, turn_sum
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
-DEFAULT_CLIP: dict[str, tuple[float, float]] = {
-    "token": (0.2, 0.2),  # GRPO
-    "sequence": (3e-4, 4e-4),  # GSPO
-    "turn": (3e-3, 4e-3),  # ATPO (paper)
-    "aepo": (0.2, 0.2),  # AEPO (paper)
-}
 _MAX_LOG_RATIO = 20.0  # exp(±20) keeps the ratio finite in fp32; such tokens are clipped anyway
 
 
@@ -88,18 +83,52 @@ def _turn_ratio(lp: torch.Tensor, log_ratio: torch.Tensor, mask_f: torch.Tensor,
     return _sg_ratio(lp, tok)
 
 
-POLICY_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
-    "token": _token_ratio,
-    "sequence": _sequence_ratio,
-    "turn": _turn_ratio,
-    "aepo": _token_ratio,
-}
+Ratio = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
-def _clip_ratio(name: str, ratio: torch.Tensor, eps_l: float, eps_h: float) -> torch.Tensor:
-    """clip(r) of loss ``name``: clamp(r, 1 − ε_l, 1 + ε_r), or for ``aepo`` clamp(r, 1 − ε_l, (1 + ε_r)·r/sg(r))
+@dataclass(frozen=True)
+class PolicyLossSpec:
+    """A registered policy loss: its ratio ``r = ratio(log_prob, log_ratio, mask_f, turn_index)`` [B, T] (value
+    as documented, gradient through each token's log-prob), its paper clip (ε_l, ε_r), whether it needs
+    ``turn_ids``, and whether its upper clip bound is AEPO's entropy-balanced (1 + ε_r)·r/sg(r)."""
+
+    ratio: Ratio
+    default_clip: tuple[float, float]
+    needs_turn_ids: bool = False
+    balanced_upper: bool = False
+
+
+POLICY_LOSSES: dict[str, PolicyLossSpec] = {}
+
+
+def register_policy_loss(
+    name: str, ratio: Ratio, default_clip: tuple[float, float], *, needs_turn_ids: bool = False,
+    balanced_upper: bool = False,
+) -> PolicyLossSpec:
+    """Add a policy loss to the registry (then ``loss.name: <name>`` selects it from YAML or the CLI; list the
+    registering module under ``imports:`` in the config). Names are unique."""
+    if name in POLICY_LOSSES:
+        raise ValueError(f"policy loss {name!r} is already registered")
+    spec = PolicyLossSpec(ratio, (float(default_clip[0]), float(default_clip[1])), needs_turn_ids, balanced_upper)
+    POLICY_LOSSES[name] = spec
+    return spec
+
+
+register_policy_loss("token", _token_ratio, (0.2, 0.2))  # GRPO / PPO / DAPO
+register_policy_loss("sequence", _sequence_ratio, (3e-4, 4e-4))  # GSPO
+register_policy_loss("turn", _turn_ratio, (3e-3, 4e-3), needs_turn_ids=True)  # ATPO (paper)
+register_policy_loss("aepo", _token_ratio, (0.2, 0.2), balanced_upper=True)  # AEPO (paper)
+
+
+def default_clip(name: str) -> tuple[float, float]:
+    """The registered loss's paper clip (ε_l, ε_r)."""
+    return POLICY_LOSSES[name].default_clip
+
+
+def _clip_ratio(spec: PolicyLossSpec, ratio: torch.Tensor, eps_l: float, eps_h: float) -> torch.Tensor:
+    """clip(r): clamp(r, 1 − ε_l, 1 + ε_r), or with ``balanced_upper`` (AEPO) clamp(r, 1 − ε_l, (1 + ε_r)·r/sg(r))
     (the same value; above the bound the gradient of (1 + ε_r)·r/sg(r), i.e. (1 + ε_r)·∇log π)."""
-    if name != "aepo":
+    if not spec.balanced_upper:
         return ratio.clamp(1.0 - eps_l, 1.0 + eps_h)
     upper = (1.0 + eps_h) * ratio / ratio.detach().clamp(min=1e-30)
     return torch.where(ratio > 1.0 + eps_h, upper, ratio.clamp(min=1.0 - eps_l))
@@ -139,12 +168,14 @@ def policy_loss(
     loss_scale_norm: float | None = None,
     metrics: bool = True,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Policy loss ``name`` ∈ {token, sequence, turn} (module docstring for the equations) plus optional terms.
+    """Registered policy loss ``name`` (token, sequence, turn, aepo, or one added with :func:`register_policy_loss`;
+    module docstring for the equations) plus optional terms.
 
     loss = agg(clipped PG) + kl_coef · agg(KL_est(π_θ ‖ π_ref)) − entropy_coef · agg(entropy)
 
     ``clip_low``/``clip_high`` are ε_l/ε_r (ratio clipped to [1−ε_l, 1+ε_r]); ``None`` takes the loss's
-    default (token 0.2/0.2, sequence 3e-4/4e-4, turn 3e-3/4e-3). ``turn_ids`` is required for ``turn`` and,
+    registered default (token 0.2/0.2, sequence 3e-4/4e-4, turn 3e-3/4e-3, aepo 0.2/0.2). ``turn_ids`` is required
+    for ``turn`` and,
     when given, also enables the per-turn metrics; ids of generated tokens must lie in [0, T) (true for real
     rows: turn k starts at position >= k), they need not be contiguous, and ids on masked tokens are ignored. ``clip_ratio_c`` > 1 enables dual clip. ``entropy`` is the
     per-token policy entropy [B, T] (with gradient) for an entropy bonus. Metrics are detached 0-dim tensors
@@ -168,15 +199,16 @@ def policy_loss(
     for key, t in named.items():
         if t.shape != shape:
             raise ValueError(f"{key} has shape {tuple(t.shape)}, log_prob has {tuple(shape)}")
-    if name == "turn" and turn_ids is None:
-        raise ValueError("policy loss 'turn' needs turn_ids [B, T] (the turn index of each token)")
+    spec = POLICY_LOSSES[name]
+    if spec.needs_turn_ids and turn_ids is None:
+        raise ValueError(f"policy loss {name!r} needs turn_ids [B, T] (the turn index of each token)")
     if kl_coef and ref_log_prob is None:
         raise ValueError("kl_coef > 0 needs ref_log_prob")
     if entropy_coef and entropy is None:
         raise ValueError("entropy_coef > 0 needs the per-token entropy tensor")
     if kl_estimator not in KL_ESTIMATORS:
         raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}")
-    d_low, d_high = DEFAULT_CLIP[name]
+    d_low, d_high = spec.default_clip
     eps_l = d_low if clip_low is None else float(clip_low)
     eps_h = d_high if clip_high is None else float(clip_high)
     if clip_ratio_c is not None and clip_ratio_c <= 1.0:
@@ -193,9 +225,9 @@ def policy_loss(
     tid = checked_turn_index(turn_ids, mask) if turn_ids is not None else None
     log_ratio = lp - old  # [B, T]
 
-    ratio = POLICY_LOSSES[name](lp, log_ratio, mask_f, tid)  # [B, T]
+    ratio = spec.ratio(lp, log_ratio, mask_f, tid)  # [B, T]
     pg1 = -adv * ratio
-    pg2 = -adv * _clip_ratio(name, ratio, eps_l, eps_h)
+    pg2 = -adv * _clip_ratio(spec, ratio, eps_l, eps_h)
     pg = torch.maximum(pg1, pg2)
     if clip_ratio_c is not None:
         pg3 = -adv * clip_ratio_c
@@ -241,4 +273,7 @@ def policy_loss(
     return loss, out
 
 
-__all__ = ["AGG_MODES", "DEFAULT_CLIP", "POLICY_LOSSES", "aggregate", "entropy_aware_advantages", "policy_loss"]
+__all__ = [
+    "AGG_MODES", "POLICY_LOSSES", "PolicyLossSpec", "aggregate", "default_clip", "entropy_aware_advantages",
+    "policy_loss", "register_policy_loss",
+]

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from at2po.core.diagnostics import kl_estimate, turn_entropy
-from at2po.core.losses import AGG_MODES, DEFAULT_CLIP, aggregate, policy_loss
+from at2po.core.losses import AGG_MODES, aggregate, default_clip, policy_loss
 from at2po.core.segments import checked_turn_index
 
 NAMES = ("token", "sequence", "turn")
@@ -75,7 +75,7 @@ def loss_inputs(draw):
 @given(inp=loss_inputs(), name=st.sampled_from(NAMES), agg=st.sampled_from(AGG_MODES), clip=st.sampled_from([None, (0.2, 0.28), (1e-3, 2e-3)]))
 def test_matches_slow_reference_value_and_grad(inp, name, agg, clip) -> None:
     lp, old, adv, mask, turn_ids = inp
-    eps_l, eps_h = DEFAULT_CLIP[name] if clip is None else clip
+    eps_l, eps_h = default_clip(name) if clip is None else clip
     lp2 = lp.detach().clone().requires_grad_(True)
     loss, _ = policy_loss(name, lp, old, adv, mask.float(), turn_ids, eps_l, eps_h, agg)
     ref = reference_loss(name, lp2, old, adv, mask, turn_ids, eps_l, eps_h, agg)
