@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import yaml
@@ -14,7 +13,7 @@ from typer.testing import CliRunner
 
 from at2po.cli import app
 from at2po.config import ConfigError, load_config
-from tests.train.conftest import small_overrides, tiny_world  # noqa: F401 - fixture
+from tests.train.conftest import small_overrides
 
 PLUGIN = textwrap.dedent('''
     """A user's plugin: the token loss and GRPO under new names, with call counters."""
