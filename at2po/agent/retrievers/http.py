@@ -2,11 +2,11 @@
 
 - timeouts on connect and read (``timeout_s``);
 - bounded retries with exponential backoff (sleep backoff_s · 2^(n−1) before retry n, capped at
-  ``backoff_max_s``), kept apart by cause: transient failures — connection refused or reset, 429/5xx — are
-  retried up to ``max_retries`` times; a request that timed out (connecting or reading) only ``timeout_retries``
-  times (default 0: its
-  time is already spent, and the env's per-call timeout would abandon it anyway). 4xx is never retried. Retries,
-  errors and timeouts are counted in ``stats``;
+  ``backoff_max_s``; a 429/503's ``Retry-After: <seconds>`` lengthens the wait up to that cap), kept apart by
+  cause: transient failures — connection refused or reset, 429/5xx — are retried up to ``max_retries`` times; a
+  request that timed out (connecting or reading) only ``timeout_retries`` times (default 0: its time is already
+  spent, and the env's per-call timeout would abandon it anyway). 4xx is never retried. Retries, errors and
+  timeouts are counted in ``stats``;
 - an LRU cache of (query, k) → passages (rollouts repeat queries a lot: siblings in a tree share
   prefixes and often issue the same search);
 - batching: ``batch_search`` calls from several threads that arrive within ``batch_window_s`` of
@@ -91,6 +91,14 @@ def _reason(exc: Exception) -> str:
     """The root cause of a requests error ("[Errno 111] Connection refused"), not urllib3's wrapper chain."""
     m = re.search(r"\[Errno -?\d+\][^'\")]*", str(exc))
     return m.group(0).strip() if m else str(exc)
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds of a ``Retry-After: <seconds>`` header (0 when absent or an HTTP date, which we do not parse)."""
+    try:
+        return max(0.0, float(value)) if value is not None else 0.0
+    except ValueError:
+        return 0.0
 
 
 def retrieve_url(url: str) -> str:
@@ -254,6 +262,7 @@ class HTTPRetriever(Retriever):
         body = {"queries": queries, "topk": k, "return_scores": True}
         transient = timeouts = 0  # retries spent on each cause
         while True:
+            wait_s = 0.0  # a server's Retry-After (429/503), honoured up to backoff_max_s
             try:
                 r = self.session.post(self.url, json=body, timeout=self.timeout_s)
             except requests.Timeout as e:  # no answer in time (ReadTimeout), or a host that drops SYNs (ConnectTimeout)
@@ -272,9 +281,10 @@ class HTTPRetriever(Retriever):
                 if r.status_code not in _RETRY_STATUS or transient >= self.max_retries:
                     break
                 transient += 1
+                wait_s = _retry_after(r.headers.get("Retry-After"))
             with self._stats_lock:
                 self.stats.retries += 1
-            time.sleep(min(self.backoff_max_s, self.backoff_s * 2 ** (transient + timeouts - 1)))
+            time.sleep(min(self.backoff_max_s, max(wait_s, self.backoff_s * 2 ** (transient + timeouts - 1))))
         if r.status_code != 200:
             try:
                 msg = r.json().get("error", r.text)

@@ -247,3 +247,41 @@ def test_a_connect_timeout_is_a_timeout_not_a_transient_error(monkeypatch):
     finally:
         client.close()
     assert len(calls) == 1 and client.stats.timeouts == 1
+
+
+def test_retry_after_of_a_429_is_honoured():
+    """A server that answers 429 with ``Retry-After: 0.4`` once: the client waits that long (not its 0.01 s
+    backoff) and then succeeds."""
+    import json as _json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    hits = []
+
+    class Busy(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            hits.append(time.monotonic())
+            if len(hits) == 1:
+                self.send_response(429)
+                self.send_header("Retry-After", "0.4")
+                body = b'{"error": "busy"}'
+            else:
+                self.send_response(200)
+                body = _json.dumps({"result": [[]]}).encode()
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    client = HTTPRetriever(f"http://127.0.0.1:{httpd.server_address[1]}", max_retries=2, backoff_s=0.01)
+    try:
+        assert client.search("x", 1) == []
+    finally:
+        client.close()
+        httpd.shutdown()
+        httpd.server_close()
+    assert len(hits) == 2 and hits[1] - hits[0] >= 0.4 and client.stats.retries == 1
