@@ -263,7 +263,7 @@ def run_overrides(size: Size, shared: dict[str, str], preset: str, seed: int, bu
                   out_dir: Path, lr: float | None = None, split: str = "test") -> list[str]:
     """Config overrides of one run: data/model from the shared warm start, then the size's scale. ``split`` is
     the held-out set it is evaluated on (``val`` for the lr selection, ``test`` for the table)."""
-    from at2po.presets import get_preset
+    from at2po.config.presets import get_preset
 
     m, l, k = size.tree
     ov = [

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from at2po.config import ConfigError, RunConfig, load_config, parse_overrides, save_config
-from at2po.presets import PRESETS
+from at2po.config.presets import PRESETS
 
 
 def test_defaults_are_the_paper_at2po_setting() -> None:

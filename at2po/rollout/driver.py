@@ -24,63 +24,19 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from at2po.agent.env import AgentEnv, QAExample
+from at2po.config.rollout import RolloutConfig
 from at2po.core.expansion import select_nodes_forest
 from at2po.core.tree import TurnTree, stack_trees
 from at2po.rollout.continuous import ContinuousRunner
 from at2po.rollout.engine import Engine
 from at2po.rollout.phase import Branch, PhaseRunner, tree_seed, turn_seed
 from at2po.rollout.sampling import uniforms
-from at2po.rollout.vllm_engine import VLLMConfig
-
-
-class RolloutConfig(BaseModel):
-    """Rollout settings. Token budgets count tokens after the prompt (generated + observation tokens)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    mode: Literal["chain", "tree"] = "tree"
-    n: int = Field(16, ge=1, description="chains per prompt (chain mode)")
-    m: int = Field(10, ge=1, description="initial chains per tree (tree mode)")
-    l: int = Field(2, ge=0, description="expansion rounds")
-    k: int = Field(6, ge=0, description="nodes forked per tree per round")
-    alpha: float = Field(0.05, ge=0.0, description="branch penalty α in s(n) = H(n) − α·|siblings|")
-    expansion: Literal["entropy", "random"] = "entropy"
-    expand_leaves: bool = False  # allow leaves as fork candidates (the spec uses non-leaf nodes only)
-    # lockstep: round r of every tree starts when all trees finished round r−1 (the reference code's batching);
-    # per_tree: a tree starts its next round as soon as its own branches have ended (never more phases; pays off
-    # when a phase's fixed cost — e.g. a slow retrieval server — dominates). Both build the same trees.
-    tree_schedule: Literal["lockstep", "per_tree"] = "lockstep"
-    # phase: every open branch samples its next turn in one engine call, tools run between calls (each phase lasts
-    # as long as its longest turn); continuous: the engine's running batch takes each next turn as soon as its tool
-    # returns (``engine.run``; HFEngine decodes step-wise, other engines fall back to waves). Same trees either way.
-    batching: Literal["phase", "continuous"] = "phase"
-    # continuous batching: run each step's tool batch on a worker thread while decoding goes on (hides tool latency).
-    # False: wait for it before the next decode step — the batch layout, hence every float, is then the same run to
-    # run (with async tools it depends on timing, and ~1e-5 log-prob noise can flip a rare tail token)
-    async_tools: bool = True
-    max_turn_tokens: int = Field(512, ge=1)
-    max_response_tokens: int = Field(6192, ge=1, description="generated + observation tokens after the prompt")
-    temperature: float = Field(1.0, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0)
-    seed: int = 0
-    tool_workers: int = Field(8, ge=1, description="threads for tool batches (continuous batching) and the fallback "
-                              "per-call tool execution")
-    tool_timeout_s: float = Field(30.0, gt=0, description="per-call timeout of the fallback tool execution")
-    max_concurrent_sequences: int = Field(64, ge=1, description="sequences per engine call")
-    # HF engine memory bounds in GB of key/values (converted with the model's bytes per token): the prefix cache of
-    # finished sequences (LRU, evictions are counted as rollout/evicted_tokens) and the running batch
-    cache_memory_gb: float = Field(2.0, gt=0, description="HF engine: prefix-cache key/values, GB")
-    batch_memory_gb: float = Field(4.0, gt=0, description="HF engine: running-batch key/values, GB")
-    engine: Literal["hf", "vllm"] = "hf"  # the trainer's choice of sampling engine; the driver never looks
-    vllm: VLLMConfig = Field(default_factory=VLLMConfig)  # used when engine == "vllm"
 
 
 @dataclass

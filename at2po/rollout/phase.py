@@ -21,7 +21,7 @@ from at2po.rollout.sampling import derive_seed
 from at2po.rollout.tool_stats import tool_info
 
 if TYPE_CHECKING:
-    from at2po.rollout.driver import RolloutConfig
+    from at2po.config.rollout import RolloutConfig
 
 log = logging.getLogger(__name__)
 

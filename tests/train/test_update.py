@@ -4,7 +4,6 @@ accumulation over micro-batches, and the NaN/inf guard (unit and through the rea
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest

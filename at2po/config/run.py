@@ -15,13 +15,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from at2po.agent.search_env import EnvConfig
-from at2po.errors import UserError
-from at2po.rollout.driver import RolloutConfig
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration problem; the message names the offending key (and file, when there is one)."""
+from at2po.config.env import EnvConfig
+from at2po.config.errors import ConfigError
+from at2po.config.presets import get_preset
+from at2po.config.rollout import RolloutConfig
 
 
 class _Section(BaseModel):
@@ -323,8 +320,6 @@ def load_config(
 
     The preset comes from ``preset`` (CLI ``--preset``), else from a ``preset:`` key in the file or overrides.
     """
-    from at2po.presets import get_preset
-
     file_data = read_yaml(path) if path is not None else {}
     over = parse_overrides(overrides)
     name = preset or over.get("preset") or file_data.get("preset")

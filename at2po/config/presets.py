@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from at2po.config.errors import ConfigError
+
 _CHAINS = {"mode": "chain", "n": 16}
 _RANDOM_TREE = {"mode": "tree", "expansion": "random", "m": 10, "l": 2, "k": 6}
 _ENTROPY_TREE = {"mode": "tree", "expansion": "entropy", "m": 10, "l": 2, "k": 6, "alpha": 0.05}
@@ -55,7 +57,5 @@ PRESETS["ablation-full"] = PRESETS["at2po"]
 def get_preset(name: str) -> dict[str, Any]:
     """A deep copy of the named preset's partial config; an unknown name is a ConfigError listing the choices."""
     if name not in PRESETS:
-        from at2po.config import ConfigError  # local: config imports this module lazily too
-
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
     return copy.deepcopy(PRESETS[name])
