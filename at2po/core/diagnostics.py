@@ -46,15 +46,19 @@ def turn_entropy(
     kl_turn, cnt = turn_mean(k3, tid, mask_f)  # [B, T_turn]
     n_tok = mask_f.sum(-1)  # [B]
     kl_seq = k3.sum(-1) / n_tok.clamp(min=1.0)  # [B]
-    present = cnt > 0
-    z = kl_turn / (kl_seq[:, None] + eps)
+    return _turn_softmax_entropy(kl_turn / (kl_seq[:, None] + eps), cnt > 0, n_tok > 0)
+
+
+def _turn_softmax_entropy(z: torch.Tensor, present: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """mean over ``rows`` [B] of −Σ_j p_j log p_j / log N, p = softmax over the ``present`` turns of ``z``
+    [B, T_turn] (0 for one-turn rows)."""
     z = torch.where(present, z, torch.full_like(z, torch.finfo(z.dtype).min))
     logp = torch.log_softmax(z, dim=-1)
     ent = -(torch.where(present, logp.exp() * logp, torch.zeros_like(logp))).sum(-1)  # [B]
-    n_turns = present.sum(-1).to(log_prob.dtype)  # [B]
+    n_turns = present.sum(-1).to(z.dtype)  # [B]
     h = torch.where(n_turns > 1, ent / torch.log(n_turns.clamp(min=2.0)), torch.zeros_like(ent))
-    rows = (n_tok > 0).to(h.dtype)
-    return (h * rows).sum() / rows.sum().clamp(min=1.0)
+    r = rows.to(h.dtype)
+    return (h * r).sum() / r.sum().clamp(min=1.0)
 
 
 @torch.no_grad()
@@ -75,15 +79,8 @@ def turn_entropy_ref(
     cnt = turn_sum(mask_f, tid)
     kl_seq = k1.sum(-1)  # [B]
     denom = torch.where(kl_seq.abs() < eps, torch.where(kl_seq < 0, -eps, eps) * torch.ones_like(kl_seq), kl_seq)
-    present = cnt > 0
     z = kl_turn / denom[:, None]
-    z = torch.where(present, z, torch.full_like(z, torch.finfo(z.dtype).min))
-    logp = torch.log_softmax(z, dim=-1)
-    ent = -(torch.where(present, logp.exp() * logp, torch.zeros_like(logp))).sum(-1)  # [B]
-    n_turns = present.sum(-1).to(log_prob.dtype)
-    h = torch.where(n_turns > 1, ent / torch.log(n_turns.clamp(min=2.0)), torch.zeros_like(ent))
-    rows = (mask_f.sum(-1) > 0).to(h.dtype)
-    return (h * rows).sum() / rows.sum().clamp(min=1.0)
+    return _turn_softmax_entropy(z, cnt > 0, mask_f.sum(-1) > 0)
 
 
 __all__ = ["KL_ESTIMATORS", "kl_estimate", "turn_entropy", "turn_entropy_ref"]
