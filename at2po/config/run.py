@@ -85,6 +85,11 @@ class LossConfig(_Section):
     kl_coef: float = Field(0.0, ge=0)  # > 0 recomputes reference log-probs and adds β·KL
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     entropy_coef: float = Field(0.0, ge=0)
+    # AEPO's entropy-aware advantage Ã = A·(1 + w·sg(z(H_t))), z over the micro-batch's response tokens (0 = off;
+    # AEPO: 0.2). "paper" applies it whenever w > 0; "script" as the authors' released script, only when
+    # entropy_coef > 0 (it computes no entropy otherwise, so the reweighting silently does nothing)
+    entropy_adv_weight: float = Field(0.0, ge=0)
+    entropy_adv_mode: Literal["paper", "script"] = "paper"
     # Truncated importance sampling (verl/TRL): scale each token's policy-gradient term by
     # min(π_old/π_sampler, C), correcting sampler↔trainer drift (e.g. vLLM kernels). None = off.
     tis_cap: float | None = Field(None, gt=0)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from at2po.config import RunConfig, TrainConfig
-from at2po.core.losses import policy_loss
+from at2po.core.losses import entropy_aware_advantages, policy_loss
 from at2po.core.packing import split_rows
 from at2po.errors import RunStopped
 from at2po.train.batching import Batch, micro_batches, prompt_mini_batches
@@ -152,6 +152,7 @@ def ppo_update(
         tree_index = np.zeros(0, dtype=np.int64)
     n_chunks = max(1, cfg.train.batch_prompts // cfg.train.mini_batch_prompts)
     token_mean = cfg.loss.agg == "token-mean"
+    entropy_adv = cfg.loss.entropy_adv_weight > 0 and (cfg.loss.entropy_adv_mode == "paper" or cfg.loss.entropy_coef > 0)
     spec = forward_spec(cfg.train)
     model.train()
     for _epoch in range(cfg.train.ppo_epochs):
@@ -180,13 +181,17 @@ def ppo_update(
                     with accelerator.autocast():
                         out = scored_log_probs(
                             model, sub.input_ids, sub.attention_mask, sub.response_mask, cfg.rollout.temperature,
-                            spec, with_entropy=cfg.loss.entropy_coef > 0,
+                            spec, with_entropy=cfg.loss.entropy_coef > 0 or entropy_adv,
                         )
                     stats.forward_tokens += out.tokens
+                    adv = sub.advantages
                     if out.entropy is not None:
                         ent_kw = {"entropy": out.entropy.float(), "entropy_coef": cfg.loss.entropy_coef}
+                        if entropy_adv:  # AEPO: Ã = A·(1 + w·sg(z(H_t)))
+                            adv = entropy_aware_advantages(adv, out.entropy.float(), sub.response_mask,
+                                                           cfg.loss.entropy_adv_weight)
                     loss, metrics = policy_loss(
-                        cfg.loss.name, out.log_prob.float(), sub.old_log_prob, sub.advantages, sub.response_mask,
+                        cfg.loss.name, out.log_prob.float(), sub.old_log_prob, adv, sub.response_mask,
                         **_loss_kwargs(cfg, sub), **ent_kw,
                     )
                     accelerator.backward(loss * share)

@@ -118,3 +118,29 @@ def test_guard_stops_after_consecutive_bad_steps() -> None:
     with pytest.raises(NonFiniteError, match="3 consecutive steps had a NaN/inf loss, gradient or reward"):
         g.step(1, 5)
     assert g.total_skipped == 5
+
+
+def _one_step_weights(tiny_world, model: Path, tmp_path: Path, name: str, extra: list[str]) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from at2po.train.trainer import train
+    from tests.train.conftest import small_overrides
+
+    out = tmp_path / name
+    cfg = load_config(preset="grpo", overrides=small_overrides(tiny_world, out) + [
+        f"model.path={model}", "train.steps=1", "data.test=null", "logging.tensorboard=false", "loss.kl_coef=0",
+        "rollout.max_turn_tokens=40", "rollout.max_response_tokens=200", *extra])
+    train(cfg)
+    return load_file(str(out / "final" / "model.safetensors"))
+
+
+def test_entropy_aware_advantage_changes_the_update_unless_the_script_mode_skips_it(tiny_world, sft_model,
+                                                                                   tmp_path) -> None:
+    """AEPO's Ã = A·(1 + 0.2·z(H)): with the paper's mode the first update differs from plain advantages; with the
+    released script's mode and no entropy bonus it is skipped, so the update is bit-identical to plain."""
+    plain = _one_step_weights(tiny_world, sft_model, tmp_path, "plain", [])
+    paper = _one_step_weights(tiny_world, sft_model, tmp_path, "paper", ["loss.entropy_adv_weight=0.2"])
+    script = _one_step_weights(tiny_world, sft_model, tmp_path, "script",
+                               ["loss.entropy_adv_weight=0.2", "loss.entropy_adv_mode=script"])
+    assert any(not torch.equal(plain[k], paper[k]) for k in plain)
+    assert all(torch.equal(plain[k], script[k]) for k in plain)
