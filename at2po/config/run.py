@@ -229,11 +229,15 @@ class RunConfig(_Section):
     def _import_plugins(cls, data: Any) -> Any:
         import importlib
 
-        for name in (data.get("imports") or []) if isinstance(data, Mapping) else []:
+        names = (data.get("imports") or []) if isinstance(data, Mapping) else []
+        if isinstance(names, str):  # `imports=my_plugin` on the command line: one module
+            names = [names]
+            data = {**data, "imports": names}
+        for name in names:
             try:
                 importlib.import_module(str(name))
-            except ImportError as exc:  # a missing or broken plugin names itself
-                raise ValueError(f"config key 'imports': cannot import {name!r}: {exc}") from None
+            except Exception as exc:  # a missing or broken plugin names itself (ImportError, SyntaxError, ...)
+                raise ValueError(f"config key 'imports': cannot import {name!r}: {type(exc).__name__}: {exc}") from None
         return data
 
     @model_validator(mode="after")

@@ -15,7 +15,7 @@ behaviour policy; ``response_mask`` is 1 on generated tokens (observation/prompt
 * ``aepo`` (AEPO's entropy-balanced clipping): the token ratio, with the upper clip bound replaced by
   (1 + ε_r)·r/sg(r): clip(r) = clamp(r, 1 − ε_l, (1 + ε_r)·r/sg(r)). Its value is PPO's clipped ratio, but above
   1 + ε_r the gradient is (1 + ε_r)·∇log π instead of 0 (the high-entropy tokens that leave the range keep
-  learning); default ε = 0.2/0.2, dual clip c = 3 in the preset.
+  learning); default ε = 0.2/0.2 (AEPO adds the dual clip c = 3: ``clip_ratio_c=3``).
 
 The value of r is the token/sequence/turn ratio; its gradient flows through each token's own log-prob, so
 a whole turn whose ratio leaves the clip range (on the side the advantage pushes) stops contributing while
@@ -107,7 +107,8 @@ def register_policy_loss(
 ) -> PolicyLossSpec:
     """Add a policy loss to the registry (then ``loss.name: <name>`` selects it from YAML or the CLI; list the
     registering module under ``imports:`` in the config). Names are unique."""
-    if name in POLICY_LOSSES:
+    old = POLICY_LOSSES.get(name)
+    if old is not None and not _same_function(old.ratio, ratio):  # a plugin imported twice re-registers itself
         raise ValueError(f"policy loss {name!r} is already registered")
     spec = PolicyLossSpec(ratio, (float(default_clip[0]), float(default_clip[1])), needs_turn_ids, balanced_upper)
     POLICY_LOSSES[name] = spec
@@ -118,6 +119,11 @@ register_policy_loss("token", _token_ratio, (0.2, 0.2))  # GRPO / PPO / DAPO
 register_policy_loss("sequence", _sequence_ratio, (3e-4, 4e-4))  # GSPO
 register_policy_loss("turn", _turn_ratio, (3e-3, 4e-3), needs_turn_ids=True)  # ATPO (paper)
 register_policy_loss("aepo", _token_ratio, (0.2, 0.2), balanced_upper=True)  # AEPO (paper)
+
+
+def _same_function(a: Callable, b: Callable) -> bool:
+    return a is b or (getattr(a, "__module__", None), getattr(a, "__qualname__", None)) == (
+        getattr(b, "__module__", None), getattr(b, "__qualname__", None))
 
 
 def default_clip(name: str) -> tuple[float, float]:

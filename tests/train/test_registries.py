@@ -68,5 +68,18 @@ def test_unknown_names_and_plugins_are_config_errors() -> None:
         load_config(None, ["loss.name=nope"])
     with pytest.raises(ConfigError, match="unknown credit estimator 'nope'"):
         load_config(None, ["credit.name=nope"])
-    with pytest.raises(ConfigError, match="cannot import 'no_such_plugin_xyz'"):
-        load_config(None, ["imports=[no_such_plugin_xyz]"])
+    with pytest.raises(ConfigError, match="cannot import 'no_such_plugin_xyz': ModuleNotFoundError"):
+        load_config(None, ["imports=no_such_plugin_xyz"])  # a bare string is one module
+
+
+def test_a_plugin_imported_twice_registers_once_but_a_clash_is_an_error(plugin) -> None:
+    import importlib
+
+    from at2po.core.losses import POLICY_LOSSES, register_policy_loss
+
+    importlib.import_module(plugin)
+    sys.modules.pop(plugin)
+    importlib.import_module(plugin)  # the same functions under the same names again: accepted
+    assert "my_token" in POLICY_LOSSES
+    with pytest.raises(ValueError, match="policy loss 'my_token' is already registered"):
+        register_policy_loss("my_token", lambda *a: None, (0.2, 0.2))
