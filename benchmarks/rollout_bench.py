@@ -137,12 +137,15 @@ def pick_rows(rows: list[dict], n: int) -> list[dict]:
 
 def timed_rollout(engine, env, examples, cfg):
     from at2po.rollout.driver import rollout
+    from at2po.rollout.scoring import leaf_metrics, score_trees
 
     engine.clear_cache()
     engine.reset_stats()
     t0 = time.perf_counter()
     res = rollout(engine, env, examples, cfg)
-    res.metrics["wall_s"] = time.perf_counter() - t0
+    res.metrics["wall_s"] = time.perf_counter() - t0  # the rollout alone; scoring (the trainer's job) is not timed
+    score_trees(res.trees, env, engine.tokenizer)
+    res.metrics.update(leaf_metrics(res.trees, prefix=""))  # reward_mean, em, ...
     return res
 
 
@@ -297,7 +300,7 @@ def main() -> None:
     # each configuration's median-wall run stands for it (the other metrics are the same in every repetition)
     runs = {name: sorted(rs, key=lambda r: r.metrics["wall_s"])[(len(rs) - 1) // 2] for name, rs in reps.items()}
     keys = ["leaves", "generated_tokens", "prefill_tokens", "cached_tokens", "tool_calls", "invalid_turns", "turns_mean",
-            "response_tokens_mean", "reward_mean", "env/em", "phases", "decode_steps", "kv_read", "kv_live", "evicted_tokens", "gen_s", "tool_s", "tool_wait_s", "wall_s"]
+            "response_tokens_mean", "reward_mean", "em", "phases", "decode_steps", "kv_read", "kv_live", "evicted_tokens", "gen_s", "tool_s", "tool_wait_s", "wall_s"]
     hops = Counter(r.get("hops") for r in rows)
     print(f"\nengine={args.engine}, tool latency {args.tool_latency_ms:g} ms, {args.prompts} prompts (hops: {dict(sorted(hops.items(), key=str))}), tree M={args.m} L={args.l} K={args.k} ({leaves} leaves) vs {leaves} chains, device={args.device}, "
           f"bounds: {args.max_batch_sequences} sequences, {args.max_batch_tokens} batch tokens, {args.cache_max_tokens} "

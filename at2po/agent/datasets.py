@@ -108,6 +108,23 @@ def infer_source(path: Path) -> str:
     return path.parent.name if path.stem.lower() in SPLIT_NAMES and path.parent.name else path.stem
 
 
+def read_rows(path: str | Path, limit: int | None = None) -> list[tuple[str, Any]]:
+    """The rows of a JSONL (``.jsonl``/``.json``) or Parquet file as (``file:line``, row) pairs."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".parquet"):
+        raise DatasetError(f"{path}: unsupported extension {suffix!r} (use .jsonl or .parquet)")
+    rows = _jsonl_rows(path) if suffix != ".parquet" else _parquet_rows(path)
+    out: list[tuple[str, Any]] = []
+    for where, row in rows:
+        if limit is not None and len(out) >= limit:
+            break
+        out.append((where, row))
+    return out
+
+
 def load_qa(path: str | Path, source: str | None = None, *, limit: int | None = None) -> list[QAExample]:
     """Read one JSONL (``.jsonl``/``.json``) or Parquet (``.parquet``) file of QA rows.
 
@@ -116,22 +133,12 @@ def load_qa(path: str | Path, source: str | None = None, *, limit: int | None = 
     (``"nq/train_0"``); a duplicate within one source is an error.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        rows: Iterable[tuple[str, Any]] = _jsonl_rows(path)
-    elif suffix == ".parquet":
-        rows = _parquet_rows(path)
-    else:
-        raise DatasetError(f"{path}: unsupported extension {suffix!r} (use .jsonl or .parquet)")
+    rows = read_rows(path, limit)
     fallback = infer_source(path)
     out: list[QAExample] = []
     seen: dict[str, str] = {}  # id -> where
     seen_in_source: dict[tuple[str, str], str] = {}  # (source, original id) -> where
     for n, (where, row) in enumerate(rows):
-        if limit is not None and n >= limit:
-            break
         ex = row_to_example(row, where, source=source, default_id="")
         if source is None and not (isinstance(row, dict) and row.get("data_source")):
             ex.data_source = fallback

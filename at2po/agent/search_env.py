@@ -19,7 +19,6 @@ from collections import OrderedDict
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
-
 from at2po.agent.env import AgentEnv, ParsedTurn, QAExample, ToolResult, TurnKind
 from at2po.agent.prompts import build_prompt_ids, stop_token_ids
 from at2po.agent.protocol import (
@@ -236,6 +235,22 @@ class SearchEnv(AgentEnv):
 
     def metrics(self, response_text: str, example: QAExample) -> dict[str, float]:
         return qa_metrics(response_text, example.golden_answers)
+
+    def failure_observation(self, call: ParsedTurn, reason: str) -> str:
+        return self._failure("timeout" if reason == "timeout" else "error", 0.0).observation
+
+    def example_from_row(self, row: Any, where: str = "row") -> QAExample:
+        """A QA row ({question, golden_answers (or answers / answer), id?, data_source?}) → ``QAExample``;
+        a ``QAExample`` passes through."""
+        from at2po.agent.datasets import row_to_example
+
+        return row if isinstance(row, QAExample) else row_to_example(row, where, source=None, default_id=where)
+
+    def load_examples(self, path: str, limit: int | None = None) -> list[QAExample]:
+        """A QA file (JSONL or Parquet, FlashRAG / Search-R1 layouts): ``at2po.agent.datasets.load_qa``."""
+        from at2po.agent.datasets import load_qa
+
+        return load_qa(path, limit=limit)
 
     def close(self) -> None:
         if self._pool is not None:

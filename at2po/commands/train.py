@@ -43,10 +43,9 @@ def train(
 
         run_quickstart(quick_out, overrides=args)
         return
-    cfg = _resolve(args, preset)
-    from at2po.train.trainer import train as run_train
+    from at2po.api import Trainer  # the CLI is the Python API with every part read from the config
 
-    res = run_train(cfg, resume=resume)
+    res = Trainer(args=_resolve(args, preset)).train(resume=resume)
     typer.echo(f"done: {res.steps_done} steps → {res.run_dir}" + (f" (final model: {res.final_dir})" if res.final_dir else ""))
 
 

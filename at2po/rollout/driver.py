@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from at2po.agent.env import AgentEnv, QAExample
+from at2po.agent.env import AgentEnv
 from at2po.config.rollout import RolloutConfig
 from at2po.core.expansion import select_nodes_forest
 from at2po.core.tree import TurnTree, stack_trees
@@ -41,13 +41,16 @@ from at2po.rollout.sampling import uniforms
 
 @dataclass
 class RolloutResult:
-    trees: list[TurnTree]  # one per example; tree.meta["example"] is the QAExample
+    trees: list[TurnTree]  # one per example (tree.meta["example"]); leaves unscored: see rollout.scoring
     metrics: dict[str, float]
     phases: list[dict[str, float]] = field(default_factory=list)  # per phase: sequences, tokens, gen_s, tool_s, ...
 
 
-def rollout(engine: Engine, env: AgentEnv, examples: list[QAExample], cfg: RolloutConfig) -> RolloutResult:
-    """Roll out every example (chains or a tree each), score the leaves, and return the trees with metrics."""
+def rollout(engine: Engine, env: AgentEnv, examples: list[Any], cfg: RolloutConfig) -> RolloutResult:
+    """Roll out every example (chains or a tree each) and return the trees with the rollout's metrics.
+
+    Leaves are not scored here: the caller scores them (``at2po.rollout.scoring.score_trees``: the env's reward
+    or a user's reward function), so one rollout can be scored by any reward."""
     if not examples:
         raise ValueError("rollout: examples is empty")
     t0 = time.perf_counter()
@@ -56,7 +59,7 @@ def rollout(engine: Engine, env: AgentEnv, examples: list[QAExample], cfg: Rollo
     for i, ex in enumerate(examples):
         prompt = list(env.prompt_ids(ex))
         if not prompt:
-            raise ValueError(f"rollout: env.prompt_ids returned no tokens for example {i} ({ex.id or ex.question[:40]!r})")
+            raise ValueError(f"rollout: env.prompt_ids returned no tokens for example {i} ({env.describe(ex)!r})")
         trees.append(TurnTree(prompt_ids=prompt, meta={"example": ex, "mode": cfg.mode, "expansion": cfg.expansion}))
     runner = (ContinuousRunner if cfg.batching == "continuous" else PhaseRunner)(engine, env, trees, cfg)
     if cfg.mode == "chain":
@@ -64,7 +67,6 @@ def rollout(engine: Engine, env: AgentEnv, examples: list[QAExample], cfg: Rollo
                     for t, tree in enumerate(trees) for j in range(cfg.n)])
     else:
         _run_trees(runner, trees, cfg)
-    runner.score_leaves()
     return RolloutResult(trees, _metrics(trees, runner, engine, s0, time.perf_counter() - t0), runner.phases)
 
 
@@ -173,7 +175,6 @@ def _metrics(trees: list[TurnTree], runner: PhaseRunner, engine: Engine, s0: dic
     s1 = engine.stats().as_dict()
     leaves = [(tree, i) for tree in trees for i in tree.leaves()]
     depths = np.array([tree.depth(i) for tree, i in leaves], dtype=np.float64)
-    rewards = np.array([tree.nodes[i].reward for tree, i in leaves], dtype=np.float64)
     resp = np.array([len(tree.context_ids(i, include_gen=True)) - len(tree.prompt_ids) for tree, i in leaves], dtype=np.float64)
     ends = [tree.nodes[i].end.value for tree, i in leaves]
     node_depths = [tree.depth(i) for tree in trees for i in range(1, len(tree.nodes))]
@@ -195,7 +196,6 @@ def _metrics(trees: list[TurnTree], runner: PhaseRunner, engine: Engine, s0: dic
         "leaves": float(len(leaves)),
         "leaves_per_tree": float(len(leaves) / len(trees)),
         "response_tokens_mean": float(resp.mean()) if len(resp) else 0.0,
-        "reward_mean": float(np.nanmean(rewards)) if len(rewards) else 0.0,
         "truncated_frac": float(np.mean([e == "truncated" for e in ends])) if ends else 0.0,
         "phases": float(len(runner.phases)),
         "wall_s": wall,
@@ -207,10 +207,6 @@ def _metrics(trees: list[TurnTree], runner: PhaseRunner, engine: Engine, s0: dic
         "tool_s": runner.tool_s,
         "tool_wait_s": runner.tool_wait_s,
     }
-    metric_names = sorted({k for tree, i in leaves for k in tree.nodes[i].info.get("metrics", {})})
-    for k in metric_names:
-        vals = [tree.nodes[i].info.get("metrics", {}).get(k, np.nan) for tree, i in leaves]
-        out[f"env/{k}"] = float(np.nanmean(np.asarray(vals, dtype=np.float64)))
     if len(fork_log):  # rates only where there are forks (chains have none)
         out["fork_root_frac"] = float((fork_log[:, 0] == 0).mean())
     if len(below):

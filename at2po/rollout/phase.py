@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from at2po.agent.env import AgentEnv, ParsedTurn, ToolResult, TurnKind
-from at2po.agent.protocol import format_observation
 from at2po.core.tree import TurnEnd, TurnTree
 from at2po.rollout.engine import Engine, Generation, SamplingParams, cut
 from at2po.rollout.sampling import derive_seed
@@ -211,28 +210,17 @@ class PhaseRunner:
         out: list[ToolResult] = []
         for c, fut in zip(calls, futures):
             if fut is None:  # corrective observations need no tool
-                out.append(ToolResult(observation=c.message or format_observation("Invalid turn."), ok=True))
+                out.append(ToolResult(observation=c.message or self.env.failure_observation(c, "error"), ok=True))
                 continue
+            tool = c.tool or self.env.tool_name
             try:
                 out.append(fut.result(timeout=self.cfg.tool_timeout_s)[0])
             except FutureTimeout:
-                out.append(ToolResult(format_observation("Search failed: it timed out."), ok=False, error="timeout",
+                out.append(ToolResult(self.env.failure_observation(c, "timeout"), ok=False, error="timeout",
                                       detail=f"no answer within rollout.tool_timeout_s={self.cfg.tool_timeout_s}",
-                                      tool=self.env.tool_name))
+                                      tool=tool))
             except Exception as exc:
-                msg = format_observation("Search failed: the tool raised an error.")
-                out.append(ToolResult(msg, ok=False, error=f"tool_error: {type(exc).__name__}: {exc}",
-                                      tool=self.env.tool_name))
+                out.append(ToolResult(self.env.failure_observation(c, "error"), ok=False,
+                                      error=f"tool_error: {type(exc).__name__}: {exc}", tool=tool))
         pool.shutdown(wait=False, cancel_futures=True)
         return out
-
-    # --- rewards ------------------------------------------------------------------------------------
-    def score_leaves(self) -> None:
-        """r(leaf) = env.reward(response text, example); info["metrics"] = env.metrics(...)."""
-        for tree in self.trees:
-            ex = tree.meta["example"]
-            for leaf in tree.leaves():
-                ids = tree.context_ids(leaf, include_gen=True)[len(tree.prompt_ids):]
-                text = self.tokenizer.decode(ids, skip_special_tokens=False)
-                tree.nodes[leaf].reward = float(self.env.reward(text, ex))
-                tree.nodes[leaf].info["metrics"] = dict(self.env.metrics(text, ex))

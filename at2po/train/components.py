@@ -3,6 +3,7 @@ reference model, environment, datasets, and the deterministic prompt sampler."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,26 +61,36 @@ def load_tokenizer(path: str | Path) -> Any:
     return tok
 
 
-def load_policy(mcfg: ModelConfig, weights_dir: str | Path | None = None, trainable: bool = True) -> torch.nn.Module:
-    """The policy in fp32 (bf16 autocast is applied by accelerate on GPU).
+def load_policy(
+    mcfg: ModelConfig, weights_dir: str | Path | None = None, trainable: bool = True,
+    model: torch.nn.Module | None = None,
+) -> torch.nn.Module:
+    """The policy in fp32 (bf16 autocast is applied by accelerate on GPU): ``model`` (an object the caller
+    loaded, converted to fp32 in place) or the model directory ``mcfg.path``.
 
-    ``weights_dir`` resumes from a checkpoint's ``model/`` (a full model, or a LoRA adapter over ``mcfg.path``).
-    With ``mcfg.lora_r > 0`` the base is frozen and LoRA adapters (peft) are trained.
+    ``weights_dir`` resumes from a checkpoint's ``model/`` (a full model, or a LoRA adapter over the base).
+    With ``mcfg.lora_r > 0`` the base is frozen and LoRA adapters (peft) are trained (an object that already is
+    a peft model keeps its adapters).
     """
     from transformers import AutoModelForCausalLM
 
-    base_dir = mcfg.path
     adapter = weights_dir is not None and (Path(weights_dir) / "adapter_config.json").is_file()
-    if weights_dir is not None and not adapter:
-        base_dir = str(weights_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    if model is None:
+        base_dir = str(weights_dir) if weights_dir is not None and not adapter else mcfg.path
+        model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    else:
+        model = model.to(torch.float32)
+        if weights_dir is not None and not adapter:  # a checkpoint of full weights: into the given object
+            saved = AutoModelForCausalLM.from_pretrained(str(weights_dir), dtype=torch.float32)
+            model.load_state_dict(saved.state_dict())
+            del saved
     if mcfg.gradient_checkpointing and trainable:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers ≥ 5.2x name
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    if mcfg.lora_r > 0 and trainable:
+    if mcfg.lora_r > 0 and trainable and not hasattr(model, "peft_config"):
         from peft import LoraConfig, PeftModel, get_peft_model
 
         if adapter:
@@ -90,6 +101,11 @@ def load_policy(mcfg: ModelConfig, weights_dir: str | Path | None = None, traina
                 target_modules=list(mcfg.lora_target_modules), task_type="CAUSAL_LM",
             )
             model = get_peft_model(model, lcfg)
+    elif adapter and trainable and hasattr(model, "peft_config"):  # a peft object given again on resume: its adapter weights from the checkpoint
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(model, load_file(str(Path(weights_dir) / "adapter_model.safetensors")))
     if not trainable:
         model.requires_grad_(False).eval()
     return model
@@ -158,10 +174,32 @@ def build_engine(model: torch.nn.Module, tokenizer: Any, cfg: RunConfig) -> Any:
     )
 
 
-def load_examples(path: str | None, limit: int | None) -> list[Any]:
+def load_examples(path: str | None, limit: int | None, env: Any = None) -> list[Any]:
+    """The examples of a file: ``env.load_examples`` (default: QA rows, ``at2po.agent.datasets.load_qa``)."""
+    if path is None:
+        return []
+    if env is not None and hasattr(env, "load_examples"):
+        return list(env.load_examples(str(path), limit))
     from at2po.agent.datasets import load_qa
 
-    return [] if path is None else load_qa(path, limit=limit)
+    return load_qa(path, limit=limit)
+
+
+def resolve_examples(data: Any, env: Any, limit: int | None, name: str) -> list[Any]:
+    """A dataset given as a path (JSONL / Parquet), a list, or any sized iterable of rows (an HF ``datasets``
+    split) → the env's examples; mapping rows go through ``env.example_from_row``. ``name`` is for messages."""
+    from at2po.config import ConfigError
+
+    if data is None:
+        return []
+    if isinstance(data, (str, Path)):
+        return load_examples(str(data), limit, env)
+    try:
+        rows = list(data)[:limit] if limit is not None else list(data)
+    except TypeError:
+        raise ConfigError(f"{name}: expected a path, a list or a dataset of rows, got {type(data).__name__}") from None
+    convert = getattr(env, "example_from_row", None)
+    return [convert(r, f"{name}[{i}]") if convert is not None and isinstance(r, Mapping) else r for i, r in enumerate(rows)]
 
 
 @dataclass

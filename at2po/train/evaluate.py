@@ -1,8 +1,9 @@
-"""Evaluation: greedy (or sampled, pass@k) chain rollouts over a QA set → per-source EM / F1 / format rate /
-tool calls / turns, as a JSON report and a rich table. Used by ``at2po eval`` and every ``eval.every`` steps.
+"""Evaluation: greedy (or sampled, pass@k) chain rollouts over an eval set → per-source means of the reward,
+the env's metrics (search env: EM / F1 / format rate / tool calls) and turns, as a JSON report and a rich table.
+Used by ``at2po eval`` and every ``eval.every`` steps.
 
 Metrics per trajectory come from the env (``env.metrics``: em, f1, format_ok, tool_calls — EM does not require
-the format, as in the paper). With ``eval.n = k > 1`` samples per question, ``em`` is the mean over samples
+the format, as in the paper); ``reward`` is the training reward. With ``eval.n = k > 1`` samples per question, ``em`` is the mean over samples
 (pass@1 estimate) and ``pass@k`` the fraction of questions with at least one exact match.
 
 Every tool call is accounted (``at2po.rollout.tool_stats``): ``tool_error_rate`` / ``tool_timeout_rate`` per
@@ -21,32 +22,54 @@ from typing import Any
 import numpy as np
 
 from at2po.config import RunConfig
+from at2po.rollout.scoring import RewardFn, score_trees
 from at2po.rollout.tool_stats import ToolEvent, last_failure, tool_events, tool_metrics
 
-_KEYS = ("em", "f1", "format_ok", "tool_calls", "turns")
+_QA_KEYS = ("em", "f1", "format_ok", "tool_calls")  # columns shown first when the env reports them
 
 
-def _records(trees: list[Any]) -> list[dict[str, Any]]:
+def _field(ex: Any, key: str, default: str) -> str:
+    v = ex.get(key) if isinstance(ex, dict) else getattr(ex, key, None)
+    return str(v) if v not in (None, "") else default
+
+
+def _records(trees: list[Any], env: Any) -> list[dict[str, Any]]:
+    """One record per question: its id and source, the mean reward and turns over its samples, the mean of every
+    env metric, and ``pass`` (some sample has em ≥ 1; with no em metric, some sample has reward ≥ 1)."""
     out = []
     for tree in trees:
         ex = tree.meta["example"]
         leaves = tree.leaves()
         per = [tree.nodes[i].info.get("metrics", {}) for i in leaves]
-        rec: dict[str, Any] = {"id": ex.id, "source": ex.data_source, "samples": len(leaves)}
-        for key in ("em", "f1", "format_ok", "tool_calls"):
+        rewards = [float(tree.nodes[i].reward) for i in leaves]
+        rec: dict[str, Any] = {"id": _field(ex, "id", env.describe(ex)), "source": _field(ex, "data_source", "default"),
+                               "samples": len(leaves)}
+        present = {k for m in per for k in m}
+        for key in [k for k in _QA_KEYS if k in present] + sorted(present - set(_QA_KEYS)):
             vals = [m.get(key, 0.0) for m in per]
             rec[key] = float(np.mean(vals)) if vals else 0.0
+        rec["reward"] = float(np.mean(rewards)) if rewards else 0.0
         rec["turns"] = float(np.mean([tree.depth(i) for i in leaves])) if leaves else 0.0
-        rec["pass"] = float(any(m.get("em", 0.0) >= 1.0 for m in per))
+        hit = [m["em"] >= 1.0 for m in per] if per and all("em" in m for m in per) else [r >= 1.0 for r in rewards]
+        rec["pass"] = float(any(hit))
         out.append(rec)
     return out
 
 
+def metric_keys(records: list[dict[str, Any]]) -> list[str]:
+    """The per-question metrics of ``records``, in record order (QA metrics first when present)."""
+    keys: list[str] = []
+    for r in records:
+        keys += [k for k in r if k not in ("id", "source", "samples", "pass") and k not in keys]
+    return keys
+
+
 def summarize(records: list[dict[str, Any]], n: int) -> dict[str, Any]:
     """Overall and per-source means of the per-question records."""
+    keys = metric_keys(records)
 
     def agg(rs: list[dict[str, Any]]) -> dict[str, float]:
-        d = {k: float(np.mean([r[k] for r in rs])) for k in _KEYS}
+        d = {k: float(np.mean([r.get(k, 0.0) for r in rs])) for k in keys}
         if n > 1:
             d[f"pass@{n}"] = float(np.mean([r["pass"] for r in rs]))
         d["count"] = float(len(rs))
@@ -59,12 +82,17 @@ def summarize(records: list[dict[str, Any]], n: int) -> dict[str, Any]:
         "overall": agg(records) if records else {},
         "per_source": {s: agg(rs) for s, rs in sorted(by_source.items())},
         "n": n,
+        "metrics": keys,
         "records": records,
     }
 
 
-def evaluate(engine: Any, env: Any, examples: list[Any], cfg: RunConfig, accelerator: Any = None, seed: int = 0) -> dict[str, Any]:
-    """Roll out every example as ``eval.n`` chains at ``eval.temperature`` (0 = greedy) and score them.
+def evaluate(
+    engine: Any, env: Any, examples: list[Any], cfg: RunConfig, accelerator: Any = None, seed: int = 0,
+    reward_fn: RewardFn | None = None,
+) -> dict[str, Any]:
+    """Roll out every example as ``eval.n`` chains at ``eval.temperature`` (0 = greedy) and score them (the
+    ``reward`` column: ``reward_fn`` if given, else the env's reward; the other columns: the env's metrics).
 
     With several processes each evaluates its share and the records are gathered (every process gets the report).
     """
@@ -84,8 +112,9 @@ def evaluate(engine: Any, env: Any, examples: list[Any], cfg: RunConfig, acceler
     bs = cfg.eval.batch_prompts
     for i in range(0, len(mine), bs):
         res = rollout(engine, env, mine[i : i + bs], rcfg.model_copy(update={"seed": seed + i}))
-        records.extend(_records(res.trees))
-        calls.extend((t.meta["example"].data_source, e) for t in res.trees for e in tool_events([t]))
+        score_trees(res.trees, env, engine.tokenizer, reward_fn)
+        records.extend(_records(res.trees, env))
+        calls.extend((_field(t.meta["example"], "data_source", "default"), e) for t in res.trees for e in tool_events([t]))
     engine.clear_cache()
     if hasattr(engine, "model"):
         engine.model.train(was_training)
@@ -128,7 +157,8 @@ def format_table(report: dict[str, Any], title: str = "evaluation") -> Any:
     from rich.table import Table
 
     n = report.get("n", 1)
-    cols = ["em", "f1", "format_ok", "tool_calls", "turns"] + ([f"pass@{n}"] if n > 1 else [])
+    cols = [k for k in report.get("metrics") or metric_keys(report.get("records", [])) if k != "turns"]
+    cols = cols + ["turns"] + ([f"pass@{n}"] if n > 1 else [])
     tool_cols = [("tool_error_rate", "tool_err"), ("tool_timeout_rate", "tool_timeout")]
     table = Table(title=title)
     table.add_column("source")
@@ -142,7 +172,7 @@ def format_table(report: dict[str, Any], title: str = "evaluation") -> Any:
         if not d:
             continue
         tool = [_rate(d.get(k)) for k, _ in tool_cols]
-        table.add_row(name, f"{int(d['count'])}", *[f"{d[c]:.3f}" for c in cols], *tool)
+        table.add_row(name, f"{int(d['count'])}", *[f"{d.get(c, float('nan')):.3f}" for c in cols], *tool)
     table.caption = tool_caption(report.get("tools") or {})
     return table
 

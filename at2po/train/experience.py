@@ -15,6 +15,7 @@ from at2po.config import RunConfig
 from at2po.core.credit import estimate, token_advantages
 from at2po.core.packing import unique_token_count
 from at2po.core.tree import TurnTree, stack_trees
+from at2po.rollout.scoring import RewardFn, leaf_metrics, score_trees
 from at2po.rollout.tool_stats import ToolEvent, tool_events, tool_metrics
 from at2po.train.batching import Batch, collate
 
@@ -54,8 +55,10 @@ def collect(
     n_prompts: int,
     cfg: RunConfig,
     seed: int,
+    reward_fn: RewardFn | None = None,
 ) -> tuple[list[TurnTree], dict[str, float], list[ToolEvent]]:
-    """Roll out ``n_prompts`` prompts (this process's share). With ``train.dynamic_sampling`` (DAPO), prompts
+    """Roll out ``n_prompts`` prompts (this process's share) and score their leaves (``reward_fn``, default the
+    env's reward: ``at2po.rollout.scoring.score_trees``). With ``train.dynamic_sampling`` (DAPO), prompts
     whose leaves all have the same reward carry no signal: they are dropped and more prompts are rolled out, up
     to ``train.max_gen_batches`` rollout batches; the kept trees are truncated to ``n_prompts``.
 
@@ -71,6 +74,7 @@ def collect(
     for attempt in range(tries):
         rcfg = cfg.rollout.model_copy(update={"seed": seed + 7_919 * attempt})
         result = rollout(engine, env, next_examples(n_prompts), rcfg)
+        score_trees(result.trees, env, engine.tokenizer, reward_fn)
         for k, v in result.metrics.items():  # budgets add up over DAPO's extra batches; rates keep batch 1's
             totals[k] = totals.get(k, 0.0) + float(v) if k in ADDITIVE_METRICS or k not in totals else totals[k]
         trees = result.trees
@@ -94,19 +98,14 @@ def tree_metrics(trees: list[TurnTree]) -> dict[str, float]:
     if not trees:
         return {}
     rewards = np.concatenate([leaf_rewards(t) for t in trees])
-    infos = [t.nodes[i].info.get("metrics", {}) for t in trees for i in t.leaves()]
-    out: dict[str, float] = {
-        "rollout/reward_mean": float(rewards.mean()),
-        "rollout/reward_std": float(rewards.std()),
+    out: dict[str, float] = leaf_metrics(trees)  # rollout/reward_mean and rollout/<env metric>
+    out.update({
+        "rollout/reward_std": float(np.nanstd(rewards)) if np.isfinite(rewards).any() else float("nan"),
         "rollout/all_equal_reward": float(np.ptp(rewards) == 0),
         "rollout/trajectories": float(len(rewards)),
         # a NaN/inf reward (a broken reward function) poisons its tree's advantages: its updates are skipped
         "rollout/nonfinite_rewards": float((~np.isfinite(rewards)).sum()),
-    }
-    for key in ("em", "f1", "format_ok", "tool_calls"):
-        vals = [m[key] for m in infos if key in m]
-        if vals:
-            out[f"rollout/{key}" if key != "tool_calls" else "rollout/tool_calls_mean"] = float(np.mean(vals))
+    })
     depths = [t.depth(i) for t in trees for i in t.leaves()]
     internal = [len(t.nodes[i].children) for t in trees for i in range(len(t.nodes)) if t.nodes[i].children]
     out["tree/depth_mean"] = float(np.mean(depths))

@@ -88,12 +88,14 @@ def render_tree(cfg: RunConfig, model_dir: Path, out_dir: Path, candidates: int 
 
     from at2po.rollout.driver import rollout
     from at2po.rollout.render import render_png, render_text
+    from at2po.rollout.scoring import score_trees
     from at2po.train.components import build_engine, build_env, load_examples, load_policy, load_tokenizer
 
     tok = load_tokenizer(model_dir)
     model = load_policy(cfg.model.model_copy(update={"path": str(model_dir), "lora_r": 0}), trainable=False)
     env = build_env(cfg, tok)
     res = rollout(build_engine(model, tok, cfg), env, load_examples(cfg.data.test, candidates), cfg.rollout)
+    score_trees(res.trees, env, tok)
     env.close()
     tree = max(res.trees, key=_interest)  # max keeps the first of equals
     rec = RichConsole(record=True, width=140, file=io.StringIO())  # capture only

@@ -1,8 +1,11 @@
 """SFT warm start on protocol demonstrations, with observation tokens masked exactly as in RL rows.
 
-Input (``sft.jsonl``, one demonstration per line, the synthetic world's expert writes it)::
+Input (``sft.jsonl``, one demonstration per line, the synthetic world's expert writes it; or the same objects
+in a list)::
 
     {"question": str, "golden_answers": [str], "turns": [{"text": "<turn text>", "observation": "<obs>" | null}]}
+
+(other envs: the example's own fields instead of golden_answers, e.g. ``"answer"`` for a ``ToolEnv``).
 
 Each demonstration becomes a one-chain :class:`~at2po.core.tree.TurnTree` — prompt ids from ``env.prompt_ids``,
 each turn's text tokenised by itself (the final turn gets the end-of-turn token the engine would stop on), each
@@ -61,9 +64,32 @@ def read_demos(path: str | Path, limit: int | None = None) -> list[dict[str, Any
     return demos
 
 
+def check_demos(demos: Any, where: str = "demos") -> list[dict[str, Any]]:
+    """Demonstrations given as objects: the same checks as :func:`read_demos`, naming ``demos[i]``."""
+    out = []
+    for i, d in enumerate(demos):
+        turns = d.get("turns") if isinstance(d, dict) else None
+        if not isinstance(d, dict) or not isinstance(d.get("question"), str) or not isinstance(turns, list) or not turns:
+            raise DemoError(f"{where}[{i}]: expected {{question, turns: [{{text, observation}}], ...}}")
+        for j, t in enumerate(turns):
+            if not isinstance(t, dict) or not isinstance(t.get("text"), str):
+                raise DemoError(f"{where}[{i}]: turns[{j}] needs a 'text' string")
+        out.append(d)
+    if not out:
+        raise DemoError(f"{where}: no demonstrations")
+    return out
+
+
 def demo_tree(demo: dict[str, Any], env: Any, tokenizer: Any) -> TurnTree:
-    """One demonstration → a single-chain turn tree (token ids exactly as a rollout would hold them)."""
-    ex = QAExample(question=demo["question"], golden_answers=list(demo.get("golden_answers") or []))
+    """One demonstration → a single-chain turn tree (token ids exactly as a rollout would hold them). The prompt
+    is ``env.prompt_ids`` of the demonstration's example: a ``QAExample`` for the search env, else the
+    demonstration's own fields (``env.example_from_row``, e.g. ``{question, answer}``)."""
+    from at2po.agent.search_env import SearchEnv
+
+    if isinstance(env, SearchEnv):
+        ex: Any = QAExample(question=demo["question"], golden_answers=list(demo.get("golden_answers") or []))
+    else:
+        ex = env.example_from_row({k: v for k, v in demo.items() if k != "turns"}, "demonstration")
     tree = TurnTree(prompt_ids=list(env.prompt_ids(ex)), meta={"example": ex})
     end_id = env.stop_token_ids[0] if env.stop_token_ids else tokenizer.eos_token_id
     parent, obs_ids, obs_text = 0, [], ""
@@ -83,8 +109,12 @@ def demo_tree(demo: dict[str, Any], env: Any, tokenizer: Any) -> TurnTree:
     return tree
 
 
-def sft(cfg: RunConfig, out_dir: str | Path | None = None) -> Path:
-    """Fine-tune ``model.path`` on ``data.sft``; writes an HF model dir (default ``<train.output_dir>/sft``)."""
+def sft(
+    cfg: RunConfig, out_dir: str | Path | None = None, *, env: Any = None, demos: list[dict[str, Any]] | None = None,
+) -> Path:
+    """Fine-tune ``model.path`` on demonstrations; writes an HF model dir (default ``<train.output_dir>/sft``) and
+    returns it. ``demos`` (objects, format above) replace ``data.sft``; ``env`` (any ``AgentEnv``) formats
+    prompts and observations (default: the search env; its tokenizer is used when it has one)."""
     from accelerate.utils import set_seed
 
     from at2po.agent.search_env import SearchEnv
@@ -94,14 +124,18 @@ def sft(cfg: RunConfig, out_dir: str | Path | None = None) -> Path:
     from at2po.train.logging import RunLogger
     from at2po.train.trainer import make_accelerator
 
-    check_paths(cfg, ("model", "sft"))
+    check_paths(cfg, ("model",) + (("sft",) if demos is None else ()))
     out = Path(out_dir or cfg.sft.output_dir or Path(cfg.train.output_dir) / "sft")
     acc = make_accelerator(cfg.train.precision)
     set_seed(cfg.train.seed)
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
+    tokenizer = getattr(env, "tokenizer", None) or load_tokenizer(cfg.model.tokenizer or cfg.model.path)
     # Only prompt and observation formatting are used here, so no retriever is needed.
-    env = SearchEnv(tokenizer, None, cfg.env)  # type: ignore[arg-type]
-    rows = flatten([demo_tree(d, env, tokenizer) for d in read_demos(str(cfg.data.sft), cfg.sft.max_examples)])
+    env = env if env is not None else SearchEnv(tokenizer, None, cfg.env)
+    if demos is None:
+        demos = read_demos(str(cfg.data.sft), cfg.sft.max_examples)
+    else:
+        demos = check_demos(demos)[: cfg.sft.max_examples]
+    rows = flatten([demo_tree(d, env, tokenizer) for d in demos])
     batch = collate(rows, int(tokenizer.pad_token_id))
     model = load_policy(cfg.model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.sft.lr)

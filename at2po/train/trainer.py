@@ -13,9 +13,10 @@ rollout seeds are derived from (seed, step, process), so a resumed run repeats t
 
 from __future__ import annotations
 
+import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import torch
 
 from at2po.config import ConfigError, RunConfig, save_config
 from at2po.core.tis import logprob_mismatch, tis_weights
+from at2po.rollout.scoring import RewardFn
 from at2po.rollout.tool_stats import tool_metrics
 from at2po.train import checkpoint as ckpt
 from at2po.train.components import (
@@ -32,9 +34,9 @@ from at2po.train.components import (
     build_engine,
     build_env,
     check_paths,
-    load_examples,
     load_policy,
     load_tokenizer,
+    resolve_examples,
 )
 from at2po.train.experience import (
     apply_overlong_penalty,
@@ -78,38 +80,81 @@ def make_accelerator(precision: str) -> Any:
 
 
 def train(
-    cfg: RunConfig, resume: bool = False, model_hook: Callable[[torch.nn.Module], None] | None = None
+    cfg: RunConfig, resume: bool = False, model_hook: Callable[[torch.nn.Module], None] | None = None, *,
+    model: torch.nn.Module | None = None, tokenizer: Any = None, env: Any = None, reward_fn: RewardFn | None = None,
+    train_dataset: Any = None, eval_dataset: Any = None, callbacks: Sequence[Any] = (),
 ) -> TrainResult:
     """Run RL training as configured; ``resume`` continues from the latest checkpoint in ``train.output_dir``.
 
+    Every part can be given as an object instead of a config path (``at2po.Trainer`` is the friendly front):
+    ``model`` (a causal LM; trained in place, in fp32), ``tokenizer`` (default: the env's, else ``model.path``'s),
+    ``env`` (any ``AgentEnv``; default: the search env over ``data.index``), ``reward_fn(response_text, example)``
+    (default: ``env.reward``), ``train_dataset`` / ``eval_dataset`` (a path, a list of examples or rows, an HF
+    dataset; default: ``data.train`` / ``data.test``). ``callbacks``: objects with any of ``on_step(step, metrics)``,
+    ``on_eval(step, report)``, ``on_checkpoint(step, path)``, called on the main process.
     ``model_hook(policy)`` is called once on the loaded policy before training (an extension point: freeze
     layers, register forward hooks for inspection or fault injection).
     """
     # --- 0. fail fast on missing inputs, before loading anything ------------------------------------------
-    check_paths(cfg, ("model", "train", "index") + (("test",) if cfg.data.test else ()))
+    need = [] if model is not None else ["model"]
+    need += [] if train_dataset is not None else ["train"]
+    need += ["test"] if cfg.data.test and eval_dataset is None else []
+    need += [] if env is not None else ["index"]
+    check_paths(cfg, tuple(need))
+    if model is not None and cfg.rollout.engine == "vllm" and not cfg.model.path:
+        raise ConfigError("config key 'rollout.engine': vllm loads the model from model.path; set model.path to the "
+                          "model's directory (the given model object's weights are synced into it after loading)")
     acc = make_accelerator(cfg.train.precision)
     for key in ("batch_prompts", "mini_batch_prompts"):  # both are global: each process takes an equal share
         if getattr(cfg.train, key) % acc.num_processes:
             raise ConfigError(f"config key 'train.{key}': {getattr(cfg.train, key)} must be divisible by the "
                               f"{acc.num_processes} processes")
     last = ckpt.latest_checkpoint(cfg.train.output_dir) if resume else None
-    train_set = load_examples(cfg.data.train, cfg.data.max_train_examples)  # a bad row fails here, before any model
-    test_set = load_examples(cfg.data.test, cfg.data.max_test_examples)
+    # a bad row fails here, before any model
+    train_set = resolve_examples(train_dataset if train_dataset is not None else cfg.data.train, env,
+                                 cfg.data.max_train_examples, "train_dataset" if train_dataset is not None else "data.train")
+    test_set = resolve_examples(eval_dataset if eval_dataset is not None else cfg.data.test, env,
+                                cfg.data.max_test_examples, "eval_dataset" if eval_dataset is not None else "data.test")
     if not train_set:
-        raise ConfigError(f"data.train={cfg.data.train!r} has no examples")
+        raise ConfigError("train_dataset is empty" if train_dataset is not None else
+                          f"data.train={cfg.data.train!r} has no examples")
 
     # --- 1. tool (checked before any model loads: faults.check_retriever), model, optimizer, schedule ----------
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
-    env = build_env(cfg, tokenizer)
+    if tokenizer is None:
+        tokenizer = getattr(env, "tokenizer", None)
+    if tokenizer is None:
+        source = cfg.model.tokenizer or cfg.model.path or getattr(model, "name_or_path", None)
+        if not source:
+            raise ConfigError("no tokenizer: pass tokenizer=..., or set model.tokenizer / model.path")
+        tokenizer = load_tokenizer(source)
+    own_env = env is None
+    env = build_env(cfg, tokenizer) if own_env else env
+    parts = _Parts(model, reward_fn, list(callbacks))
     try:
-        return _train(cfg, acc, tokenizer, env, last, model_hook, train_set, test_set)
+        return _train(cfg, acc, tokenizer, env, last, model_hook, train_set, test_set, parts)
     finally:  # also on NonFiniteError / ToolFailureError / KeyboardInterrupt: stop the tool threads
-        env.close()
+        if own_env:  # a caller's env is the caller's to close
+            env.close()
+
+
+@dataclass
+class _Parts:
+    """What the caller gave as objects (``train``'s keyword arguments)."""
+
+    model: torch.nn.Module | None
+    reward_fn: RewardFn | None
+    callbacks: list[Any]
+
+    def call(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            fn = getattr(cb, hook, None)
+            if fn is not None:
+                fn(*args)
 
 
 def _train(
     cfg: RunConfig, acc: Any, tokenizer: Any, env: Any, last: Path | None,
-    model_hook: Callable[[torch.nn.Module], None] | None, train_set: list[Any], test_set: list[Any],
+    model_hook: Callable[[torch.nn.Module], None] | None, train_set: list[Any], test_set: list[Any], parts: _Parts,
 ) -> TrainResult:
     from accelerate.utils import set_seed
     from transformers import get_scheduler
@@ -119,11 +164,14 @@ def _train(
     rank, world = acc.process_index, acc.num_processes
     run_dir = Path(cfg.train.output_dir)
     set_seed(cfg.train.seed)  # same on every process: identical LoRA initialisation
-    model = load_policy(cfg.model, weights_dir=(last / "model") if last else None)
+    ref_model = None
+    if cfg.loss.kl_coef > 0:  # the initial policy, frozen (a given object: a copy made before any update)
+        ref_model = (copy.deepcopy(parts.model) if parts.model is not None else None)
+        ref_model = load_policy(cfg.model, trainable=False, model=ref_model).to(acc.device)
+    model = load_policy(cfg.model, weights_dir=(last / "model") if last else None, model=parts.model)
     set_seed(cfg.train.seed + rank)
     if model_hook is not None:
         model_hook(model)
-    ref_model = load_policy(cfg.model, trainable=False).to(acc.device) if cfg.loss.kl_coef > 0 else None
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay
@@ -161,16 +209,20 @@ def _train(
     result = TrainResult(run_dir=run_dir, steps_done=start, final_dir=None)
 
     def save(step: int, data: dict[str, int], generated: float, rng: dict[str, Any] | None = None) -> None:
-        ckpt.save_checkpoint(run_dir, step, acc, model, tokenizer, optimizer, scheduler,
-                             {"data": data, "preset": cfg.preset, "generated_tokens": generated},
-                             keep_last=cfg.checkpoint.keep_last, rng=rng)
+        path = ckpt.save_checkpoint(run_dir, step, acc, model, tokenizer, optimizer, scheduler,
+                                    {"data": data, "preset": cfg.preset, "generated_tokens": generated},
+                                    keep_last=cfg.checkpoint.keep_last, rng=rng)
+        if acc.is_main_process:
+            parts.call("on_checkpoint", step, path)
     mem = PhaseMemory()  # samples RSS / CUDA memory on a thread: the per-phase peaks of each step
 
     def run_eval(step: int) -> None:
         if not test_set:
             return
-        report = evaluate(engine, env, test_set, cfg, acc, seed=cfg.train.seed + 104_729 * step)
+        report = evaluate(engine, env, test_set, cfg, acc, seed=cfg.train.seed + 104_729 * step,
+                          reward_fn=parts.reward_fn)
         if acc.is_main_process:
+            parts.call("on_eval", step, report)
             write_report(report, run_dir / "eval" / f"step-{step:08d}.json")
             log.log(step, {f"eval/{k}": v for k, v in report["overall"].items()})
             log.print(format_table(report, title=f"eval @ step {step}"))
@@ -202,7 +254,7 @@ def _train(
             t0 = time.perf_counter()
             mem.start()
             trees, metrics, events = collect(engine, env, next_examples, local_prompts, cfg,
-                                             seed=_rollout_seed(cfg, step, rank))
+                                             seed=_rollout_seed(cfg, step, rank), reward_fn=parts.reward_fn)
             metrics["time/rollout_s"] = time.perf_counter() - t0
             all_events = _gather(acc, events)  # every process decides on all processes' calls: they stop together
             try:
@@ -215,7 +267,11 @@ def _train(
             metrics["rollout/overlong_penalised"] = float(apply_overlong_penalty(
                 trees, cfg.rollout.max_response_tokens, cfg.train.overlong_buffer, cfg.train.overlong_penalty
             ))
-            metrics.update(tree_metrics(trees))
+            scored = tree_metrics(trees)
+            if clash := sorted(set(scored) & set(metrics)):  # an env metric named like a rollout metric
+                raise ValueError(f"{type(env).__name__}.metrics returns {[k.split('/', 1)[1] for k in clash]}, "
+                                 f"names the rollout's own metrics use ({clash}): rename them")
+            metrics.update(scored)
             # a NaN/inf reward (a broken reward function) has no credit to give: its tree leaves the batch, and the
             # step counts as a bad one for the non-finite guard
             finite = [bool(np.isfinite(leaf_rewards(t)).all()) for t in trees]
@@ -286,6 +342,8 @@ def _train(
             final = step == cfg.train.steps or budget_hit
             log.log(step, metrics)
             log.print(log.summary_line(step, cfg.train.steps, metrics))
+            if acc.is_main_process:
+                parts.call("on_step", step, metrics)
             log.advance()
             guard.step(stats.skipped + dropped_all, step)  # raises NonFiniteError after too many bad steps in a row
             result.steps_done = step

@@ -16,6 +16,7 @@ from at2po.core.tree import TurnEnd, TurnTree
 from at2po.rollout.driver import ADDITIVE_METRICS, RolloutConfig, rollout
 from at2po.rollout.engine import SamplingParams
 from at2po.rollout.hf_engine import HFEngine
+from at2po.rollout.scoring import leaf_metrics, score_trees
 
 from rollout_fixtures import DOCS, QUESTIONS, ScriptedCallEnv
 
@@ -39,8 +40,9 @@ def check_tree(tree: TurnTree, leaves: int) -> None:
             assert n.end == TurnEnd.TOOL_CALL
             assert all(tree.nodes[c].obs_ids for c in n.children)
         else:
-            assert n.end in (TurnEnd.ANSWER, TurnEnd.TRUNCATED, TurnEnd.ERROR) and not np.isnan(n.reward)
-            assert "metrics" in n.info
+            assert n.end in (TurnEnd.ANSWER, TurnEnd.TRUNCATED, TurnEnd.ERROR)
+            # the rollout does not score: the trainer step does (at2po.rollout.scoring)
+            assert np.isnan(n.reward) and "metrics" not in n.info
 
 
 def test_entropy_tree_has_m_plus_lk_leaves(tiny, scripted_env):
@@ -136,8 +138,11 @@ def test_continuous_batching_builds_the_same_trees_in_fewer_decode_steps(tiny, s
     for t in cont.trees:
         check_tree(t, 3 + 2 * 2)
         assert [n.info["round"] for n in t.nodes[1:]] == sorted(n.info["round"] for n in t.nodes[1:])
-    for key in ("generated_tokens", "tool_calls", "leaves", "reward_mean"):
+    for key in ("generated_tokens", "tool_calls", "leaves"):
         assert cont.metrics[key] == phase.metrics[key]
+    for r in (cont, phase):
+        score_trees(r.trees, scripted_env, tok)
+    assert leaf_metrics(cont.trees) == leaf_metrics(phase.trees)
     assert cont.metrics["phases"] == 0 and phase.metrics["phases"] > 0
     assert cont.metrics["decode_steps"] < 0.8 * phase.metrics["decode_steps"]
     # a tool's latency no longer stalls a whole phase but it still counts
@@ -309,9 +314,11 @@ def test_plain_search_env_with_random_model(tiny, retriever):
     env.close()
     for tree in res.trees:
         check_tree(tree, 4)
+    score_trees(res.trees, env, tok)
+    for tree in res.trees:
         for leaf in tree.leaves():
             assert tree.nodes[leaf].reward == -1.0  # a random model never formats an answer
-    assert res.metrics["env/format_ok"] == 0.0
+    assert leaf_metrics(res.trees)["rollout/format_ok"] == 0.0
 
 
 def test_config_rejects_unknown_keys():

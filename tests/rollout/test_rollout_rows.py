@@ -8,12 +8,14 @@ from at2po.core.tree import TurnTree
 from at2po.rollout.driver import RolloutConfig, rollout
 from at2po.rollout.hf_engine import HFEngine
 from at2po.rollout.rows import flatten
+from at2po.rollout.scoring import score_trees
 
 
 def test_rows_are_the_sampled_ids(tiny, scripted_env):
     model, tok = tiny
     cfg = RolloutConfig(mode="tree", m=3, l=1, k=2, max_turn_tokens=16, max_response_tokens=600, seed=1)
     res = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, cfg)
+    score_trees(res.trees, scripted_env, tok)
     rows = flatten(res.trees)
     assert len(rows) == sum(len(t.leaves()) for t in res.trees) == len(QUESTIONS) * (cfg.m + cfg.l * cfg.k)
     drift = 0

@@ -83,11 +83,16 @@ def batches(tiny_world, sft_model, tmp_path_factory) -> dict[str, Batch]:
         engine, env = build_engine(policy, tok, cfg), build_env(cfg, tok)
         examples = load_examples(cfg.data.train, None)
         try:
-            trees, metrics, _ = collect(engine, env, _cycler(examples), cfg.train.batch_prompts, cfg, seed=12)
+            # DAPO: rows from more than one rollout batch (prompts with equal rewards were refilled); whether a
+            # seed's first batch has such prompts depends on the checkpoint's bits (they differ by CPU ISA)
+            for seed in range(12, 12 + (8 if name == "dapo" else 1)):
+                trees, metrics, _ = collect(engine, env, _cycler(examples), cfg.train.batch_prompts, cfg, seed=seed)
+                if name != "dapo" or metrics["rollout/gen_batches"] > 1:
+                    break
         finally:
             env.close()
         assert trees, name
-        if name == "dapo":  # rows from more than one rollout batch (prompts with equal rewards were refilled)
+        if name == "dapo":
             assert metrics["rollout/gen_batches"] > 1
         if name == "chains+odd":
             trees = trees + _odd_trees(tok)
@@ -114,15 +119,16 @@ def _grads(model: torch.nn.Module, loss: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _assert_grads_close(a: list[torch.Tensor | None], b: list[torch.Tensor | None], what: str) -> None:
-    """Every parameter's gradient within 1e-5 relative (plus 1e-7 of the whole gradient's norm, for parameters
-    whose exact gradient is 0 and whose computed one is rounding noise)."""
+    """Every parameter's gradient within 3e-5 relative (plus 1e-7 of the whole gradient's norm, for parameters
+    whose exact gradient is 0 and whose computed one is rounding noise). fp32 sums in another order: on an AVX2
+    CPU the aepo/token-mean case reaches 1.4e-5 relative, so 1e-5 was one ISA's rounding, not a bound."""
     a = [torch.zeros(()) if x is None else x for x in a]
     b = [torch.zeros(()) if y is None else y for y in b]
     total = float(torch.stack([y.norm() for y in b]).norm())
     for i, (x, y) in enumerate(zip(a, b)):
         err = float((x - y).norm())
         scale = float(y.norm())
-        assert err <= 1e-5 * scale + 1e-7 * total, f"{what}: parameter {i}: |Δg| = {err:.3g}, |g| = {scale:.3g}"
+        assert err <= 3e-5 * scale + 1e-7 * total, f"{what}: parameter {i}: |Δg| = {err:.3g}, |g| = {scale:.3g}"
 
 
 @pytest.mark.parametrize("kind", ["trees", "chains+odd", "dapo"])

@@ -1,0 +1,1 @@
+"""Small complete example environments built on the public API (``at2po.ToolEnv``)."""
