@@ -5,7 +5,7 @@ and without prefix reuse differ — whether that is float noise.
     python benchmarks/rollout_profile.py [--policy sft-cpu-deep] [--prompts 16] [--hops 4]
 
 Uses ``rollout_bench.py``'s warm starts and prompt picking (``--policy sft-cpu-small|sft-cpu-deep``). It answers
-why tree/chain wall time stays above tree/chain generated tokens (README, Rollouts): decode forwards of the tree
+why tree/chain wall time stays above tree/chain generated tokens (BENCHMARKS.md, Rollouts): decode forwards of the tree
 and the chains cost about the same, because a fork's tokens attend over deep contexts (``kv_live``/``kv_read``).
 Times are wall-clock around ``model.forward`` (CPU: exact; CUDA would need a synchronize, so run it on CPU).
 """
@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from rollout_bench import load_sft_policy, pick_rows, timed_rollout
+from rollout_bench import load_sft_policy, pick_rows, read_jsonl, timed_rollout
 
 
 def forward_timer(model) -> tuple[dict[str, float], Callable[[], None]]:
@@ -82,24 +81,28 @@ def step_cost_ms(model, batch: int, width: int, reps: int = 40) -> float:
     return sorted(times)[reps // 2] * 1e3
 
 
+def _pick(node, j: int, p: torch.Tensor) -> str:
+    """Token ``j`` of ``node`` with its probability under ``p`` ("end" where the node stops before it)."""
+    return f"{node.gen_ids[j]} (p={float(p[node.gen_ids[j]]):.4g})" if j < len(node.gen_ids) else "end"
+
+
 def first_difference(model, a, b) -> str:
     """The first token where two rollouts' trees differ, with both picks' probabilities and how far each run's
     log-probs before it are from teacher forcing (float noise: both tiny, and the picks neighbours in the CDF)."""
-    for ti, (ta, tb) in enumerate(zip(a.trees, b.trees)):
-        for i, (na, nb) in enumerate(zip(ta.nodes, tb.nodes)):
+    for ti, (ta, tb) in enumerate(zip(a.trees, b.trees, strict=True)):
+        for i, (na, nb) in enumerate(zip(ta.nodes, tb.nodes, strict=False)):
             if na.gen_ids == nb.gen_ids:
                 continue
-            j = next((k for k, (x, y) in enumerate(zip(na.gen_ids, nb.gen_ids)) if x != y), min(len(na.gen_ids), len(nb.gen_ids)))
+            j = next((k for k, (x, y) in enumerate(zip(na.gen_ids, nb.gen_ids, strict=False)) if x != y), min(len(na.gen_ids), len(nb.gen_ids)))
             ctx = ta.context_ids(i, include_gen=False)
             with torch.no_grad():
                 lp = torch.log_softmax(model(torch.tensor([ctx + na.gen_ids[:j + 1]])).logits[0].float(), -1)  # [T, V]
             tf = [float(lp[len(ctx) - 1 + k, t]) for k, t in enumerate(na.gen_ids[:j])]
-            dev_a = max((abs(x - y) for x, y in zip(tf, na.gen_logprobs[:j])), default=0.0)
-            dev_b = max((abs(x - y) for x, y in zip(tf, nb.gen_logprobs[:j])), default=0.0)
+            dev_a = max((abs(x - y) for x, y in zip(tf, na.gen_logprobs[:j], strict=True)), default=0.0)
+            dev_b = max((abs(x - y) for x, y in zip(tf, nb.gen_logprobs[:j], strict=True)), default=0.0)
             p = lp[len(ctx) - 1 + j].exp()
-            pick = lambda n: f"{n.gen_ids[j]} (p={float(p[n.gen_ids[j]]):.4g})" if j < len(n.gen_ids) else "end"  # noqa: E731
-            return (f"tree {ti} node {i} token {j}: with reuse {pick(na)}, without {pick(nb)}; max |log-prob − teacher "
-                    f"forcing| before it: with reuse {dev_a:.2e}, without {dev_b:.2e}")
+            return (f"tree {ti} node {i} token {j}: with reuse {_pick(na, j, p)}, without {_pick(nb, j, p)}; "
+                    f"max |log-prob − teacher forcing| before it: with reuse {dev_a:.2e}, without {dev_b:.2e}")
     return "identical"
 
 
@@ -124,7 +127,7 @@ def main() -> None:
 
     world, _, model, tok, env_cfg = load_sft_policy(args.policy, args.work_dir)
     env = SearchEnv(tok, BM25Retriever.load(world.index), env_cfg)
-    rows = [json.loads(line) for line in open(world.test, encoding="utf-8")]
+    rows = read_jsonl(world.test)
     if args.hops:
         rows = [r for r in rows if r.get("hops") in args.hops]
     examples = [QAExample(r["question"], r["golden_answers"], id=r["id"]) for r in pick_rows(rows, args.prompts)]
@@ -151,7 +154,7 @@ def main() -> None:
     t, c = res["tree"].metrics, res["chain"].metrics
     print(f"tree/chain: tokens {t['generated_tokens'] / c['generated_tokens']:.3f}, wall {t['wall_s'] / c['wall_s']:.3f}, "
           f"kv_live {t['kv_live'] / c['kv_live']:.3f}, kv_read {t['kv_read'] / c['kv_read']:.3f}")
-    width = int(round(c["kv_live"] / max(1.0, c["generated_tokens"])))
+    width = round(c["kv_live"] / max(1.0, c["generated_tokens"]))
     costs = {b: step_cost_ms(model, b, width) for b in (1, 8, 32, 128)}
     print(f"decode forward at {width} cached columns: " + ", ".join(f"batch {b}: {ms:.2f} ms" for b, ms in costs.items()))
     no_reuse = timed_rollout(HFEngine(model, tok, prefix_cache=False, max_batch_sequences=256), env, examples, configs["tree"])

@@ -26,14 +26,17 @@ _SUMMARY = (
 )
 
 
-LOG_WIDTH = 160  # columns when the output is not a terminal (a log file, CI): rich would otherwise wrap at 80
+LOG_WIDTH = 160  # columns when the output is not a terminal (a log file, CI): rich would otherwise use 80
 
 
 def make_console(**kwargs: Any) -> Console:
-    """A rich console that wraps at the terminal's width, or at ``LOG_WIDTH`` when writing to a file or pipe."""
+    """A rich console for a terminal (wraps at its width) or a file or pipe (a log, CI): there rich would wrap
+    at 80 columns, so the console is ``LOG_WIDTH`` wide (rules, tables) and does not wrap printed text at all
+    (``soft_wrap``): one step line stays one line however long it is."""
     probe = Console(**kwargs)
     if probe.is_terminal or "width" in kwargs:
         return probe
+    kwargs.setdefault("soft_wrap", True)
     return Console(width=LOG_WIDTH, **kwargs)
 
 
@@ -89,7 +92,9 @@ class RunLogger:
             try:
                 import wandb as wb
             except ImportError as exc:
-                raise RuntimeError("logging.wandb=true needs `pip install wandb` (or `pip install at2po[wandb]`)") from exc
+                raise RuntimeError(
+                    "logging.wandb=true needs `pip install wandb` (or `pip install at2po[wandb]`)"
+                ) from exc
             self._wandb = wb.init(project=wandb_project, name=wandb_run_name, config=config, dir=str(self.run_dir),
                                   resume="allow")
 
@@ -102,7 +107,8 @@ class RunLogger:
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        record = {"step": step, **{k: (v if _finite(v) or not isinstance(v, float) else None) for k, v in metrics.items()}}
+        values = {k: (v if _finite(v) or not isinstance(v, float) else None) for k, v in metrics.items()}
+        record = {"step": step, **values}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         scalars = {k: float(v) for k, v in metrics.items() if _finite(v)}
@@ -128,7 +134,14 @@ class RunLogger:
         """A rich progress bar over steps (lines printed meanwhile appear above it)."""
         if not self.enabled:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -142,8 +155,9 @@ class RunLogger:
             self._progress.advance(self._task)
 
     def print(self, text: str) -> None:
+        """Print a line (rich markup); on a file or pipe it is never wrapped, whatever console was passed in."""
         if self.enabled:
-            self.console.print(text)
+            self.console.print(text, soft_wrap=True if not self.console.is_terminal else None)
 
     def close(self) -> None:
         if self._progress is not None:

@@ -4,7 +4,6 @@ public API (``examples/calculator_agent.py``) raising the held-out reward and th
 from __future__ import annotations
 
 import runpy
-import sys
 from pathlib import Path
 
 import pytest
@@ -56,8 +55,8 @@ def test_env_scores_the_demonstrations(calc_tok):
 
 @pytest.mark.slow
 def test_training_through_the_public_api_improves_reward_and_tool_use(tmp_path, monkeypatch, capsys):
-    """The example as a user runs it (~1.5 min on 2 cores): SFT on imperfect demos, then 30 AT²PO steps."""
-    monkeypatch.setattr(sys, "argv", [str(EXAMPLE), str(tmp_path)])
+    """The example (the README's Python block) as a user runs it: SFT on imperfect demos, then 30 AT²PO steps."""
+    monkeypatch.chdir(tmp_path)  # it writes runs/calculator/
     ns = runpy.run_path(str(EXAMPLE), run_name="__main__")
     first, last = ns["first"], ns["last"]
     assert ns["result"].steps_done == 30
