@@ -26,7 +26,12 @@ _EXPORTS: dict[str, str] = {
     # trees
     "TurnTree": "at2po.core.tree",
 }
-__all__ = sorted(_EXPORTS)
+# spelled out (not computed from _EXPORTS) so static tools can read it; tests/test_api.py checks the two agree
+__all__ = [
+    "AgentEnv", "ConfigError", "ParsedTurn", "QAExample", "RunConfig", "SearchEnv", "ToolEnv", "ToolResult",
+    "TrainResult", "Trainer", "TrainerCallback", "TurnKind", "TurnTree", "as_config", "load_config",
+    "register_estimator", "register_policy_loss", "sft",
+]
 
 
 def __getattr__(name: str) -> Any:

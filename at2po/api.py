@@ -23,7 +23,9 @@ def as_config(args: Any = None, preset: str | None = None) -> RunConfig:
     defaults). ``preset`` names a preset the mapping, file or overrides go on top of."""
     if isinstance(args, RunConfig):
         if preset is not None and preset != args.preset:
-            raise ConfigError(f"preset={preset!r} given with a RunConfig of preset {args.preset!r}: set it in the config")
+            raise ConfigError(
+                f"preset={preset!r} given with a RunConfig of preset {args.preset!r}: set it in the config"
+            )
         return args
     if args is None:
         return load_config(preset=preset)

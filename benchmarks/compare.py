@@ -74,7 +74,8 @@ class Size:
     extra: tuple[str, ...] = field(default_factory=tuple)
 
 
-_ARCH_SMALL = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+_ARCH_SMALL = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+                   num_key_value_heads=2)
 SIZES: dict[str, Size] = {
     # The default testbed, built so that turns matter (docs: BENCHMARKS.md "the cpu-hard testbed"):
     # * deep: 20/40/40 % 2-, 3- and 4-hop questions, 4.2 turns per expert trajectory on average;
@@ -92,7 +93,8 @@ SIZES: dict[str, Size] = {
     ),
     # ~1–2 min per run on one loaded CPU core; the quickstart's world/model, with 3-hop questions added
     "cpu-small": Size(
-        world=dict(n_train=400, n_test=90, n_sft=500, hops=(0.3, 0.4, 0.3), expert_noise=0.1, topk=2, max_obs_tokens=256),
+        world=dict(n_train=400, n_test=90, n_sft=500, hops=(0.3, 0.4, 0.3), expert_noise=0.1, topk=2,
+                   max_obs_tokens=256),
         arch=_ARCH_SMALL, vocab=4096, chains=6, tree=(4, 1, 4), batch_prompts=8, mini_batch_prompts=4,
         max_turn_tokens=48, max_response_tokens=768, max_tool_calls=4, lr=2e-4, sft=(12, 3e-3, 8),
         budget=60_000, eval_every=6,
@@ -107,17 +109,18 @@ SIZES: dict[str, Size] = {
         budget=80_000, eval_every=6,
     ),
     "cpu-medium": Size(
-        world=dict(n_train=500, n_test=150, n_sft=500, hops=(0.3, 0.4, 0.3), expert_noise=0.1, topk=2, max_obs_tokens=256,
-                   distractors=30),
+        world=dict(n_train=500, n_test=150, n_sft=500, hops=(0.3, 0.4, 0.3), expert_noise=0.1, topk=2,
+                   max_obs_tokens=256, distractors=30),
         arch=dict(_ARCH_SMALL, num_hidden_layers=6, hidden_size=192, intermediate_size=384), vocab=4096, chains=10,
         tree=(6, 2, 4), batch_prompts=16, mini_batch_prompts=4, max_turn_tokens=64, max_response_tokens=1024,
         max_tool_calls=5, lr=2e-4, sft=(12, 3e-3, 8), budget=600_000, eval_every=10,
     ),
     # paper shapes (16 chains vs M=10, L=2, K=6 trees, 64 prompts/step) on a GPU with the vLLM engine
     "gpu": Size(
-        world=dict(n_train=2000, n_test=300, n_sft=1000, hops=(0.3, 0.4, 0.3), expert_noise=0.1, topk=3, max_obs_tokens=512,
-                   distractors=100, name_similarity=0.3),
-        arch=dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4),
+        world=dict(n_train=2000, n_test=300, n_sft=1000, hops=(0.3, 0.4, 0.3), expert_noise=0.1, topk=3,
+                   max_obs_tokens=512, distractors=100, name_similarity=0.3),
+        arch=dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
+                  num_key_value_heads=4),
         vocab=8192, chains=16, tree=(10, 2, 6), batch_prompts=64, mini_batch_prompts=8, max_turn_tokens=128,
         max_response_tokens=2048, max_tool_calls=6, lr=1e-4, sft=(8, 1e-3, 32), budget=20_000_000, eval_every=10,
         engine="vllm",
@@ -157,7 +160,8 @@ VAL_EVERY = 5  # every 5th training question of each hop count is held out for t
 
 def split_validation(train_path: Path, out_dir: Path, every: int = VAL_EVERY) -> tuple[Path, Path]:
     """Hold out every ``every``-th training question of each hop count (stratified, deterministic): returns
-    (train_fit.jsonl, val.jsonl). Every run trains on train_fit; the lr selection evaluates on val; test stays unseen."""
+    (train_fit.jsonl, val.jsonl). Every run trains on train_fit; the lr selection evaluates on val; test stays
+    unseen."""
     rows = [json.loads(line) for line in train_path.read_text().splitlines() if line.strip()]
     seen: dict[int, int] = {}
     fit, val = [], []
@@ -166,7 +170,7 @@ def split_validation(train_path: Path, out_dir: Path, every: int = VAL_EVERY) ->
         seen[h] = seen.get(h, 0) + 1
         (val if seen[h] % every == 0 else fit).append(r)
     paths = out_dir / "train_fit.jsonl", out_dir / "val.jsonl"
-    for path, part in zip(paths, (fit, val)):
+    for path, part in zip(paths, (fit, val), strict=True):
         path.write_text("".join(json.dumps(r) + "\n" for r in part))
     return paths
 
@@ -204,14 +208,17 @@ def build_shared(size_name: str, work: Path, world_seed: int = 0) -> dict[str, s
     torch.manual_seed(world_seed)
     world = make_world(root / "world", seed=world_seed, **size.world)
     fit, val = split_validation(world.train, root / "world")
-    model_dir = build_tiny_model(_texts(world), root / "model-init", vocab_size=size.vocab, seed=world_seed, **size.arch)
-    paths = {"train": str(fit), "val": str(val), "test": str(world.test), "index": str(world.index), "sft": str(world.sft)}
+    model_dir = build_tiny_model(_texts(world), root / "model-init", vocab_size=size.vocab, seed=world_seed,
+                                 **size.arch)
+    paths = {"train": str(fit), "val": str(val), "test": str(world.test), "index": str(world.index),
+             "sft": str(world.sft)}
     epochs, lr, rows = size.sft
     cfg = load_config(preset="at2po", overrides=[
-        f"model.path={model_dir}", f"data.train={paths['train']}", f"data.index={paths['index']}", f"data.sft={paths['sft']}",
-        f"train.output_dir={root / 'sft-run'}", f"sft.output_dir={root / 'sft'}", f"sft.epochs={epochs}", f"sft.lr={lr}",
-        f"sft.batch_rows={rows}", f"env.topk={size.world['topk']}", f"env.max_obs_tokens={size.world['max_obs_tokens']}",
-        f"env.max_tool_calls={size.max_tool_calls}", "logging.progress=false",
+        f"model.path={model_dir}", f"data.train={paths['train']}", f"data.index={paths['index']}",
+        f"data.sft={paths['sft']}", f"train.output_dir={root / 'sft-run'}", f"sft.output_dir={root / 'sft'}",
+        f"sft.epochs={epochs}", f"sft.lr={lr}", f"sft.batch_rows={rows}", f"env.topk={size.world['topk']}",
+        f"env.max_obs_tokens={size.world['max_obs_tokens']}", f"env.max_tool_calls={size.max_tool_calls}",
+        "logging.progress=false",
     ])
     sft_dir = sft(cfg)
     torch.set_num_threads(threads)
@@ -265,13 +272,13 @@ def run_overrides(size: Size, shared: dict[str, str], preset: str, seed: int, bu
     the held-out set it is evaluated on (``val`` for the lr selection, ``test`` for the table)."""
     from at2po.config.presets import get_preset
 
-    m, l, k = size.tree
+    m, rounds, k = size.tree
     ov = [
         f"model.path={shared['sft_model']}", f"data.train={shared['train']}", f"data.test={shared[split]}",
         f"data.index={shared['index']}", f"train.output_dir={out_dir}", f"train.seed={seed}", f"rollout.seed={seed}",
         f"train.steps={steps}", f"train.batch_prompts={size.batch_prompts}",
         f"train.mini_batch_prompts={size.mini_batch_prompts}", f"optim.lr={lr or size.lr}",
-        f"rollout.n={size.chains}", f"{_M}={m}", f"{_L}={l}", f"{_K}={k}", f"rollout.engine={size.engine}",
+        f"rollout.n={size.chains}", f"{_M}={m}", f"{_L}={rounds}", f"{_K}={k}", f"rollout.engine={size.engine}",
         f"rollout.max_turn_tokens={size.max_turn_tokens}", f"rollout.max_response_tokens={size.max_response_tokens}",
         f"env.max_tool_calls={size.max_tool_calls}", f"env.topk={size.world['topk']}",
         f"env.max_obs_tokens={size.world['max_obs_tokens']}", f"eval.every={size.eval_every}",
@@ -324,7 +331,8 @@ def code_version() -> str:
 
 
 def slug(label: str) -> str:
-    return label.replace(" ", "_").replace("/", "-").replace("+", "p").replace("²", "2").replace("(", "").replace(")", "")
+    return (label.replace(" ", "_").replace("/", "-").replace("+", "p").replace("²", "2")
+            .replace("(", "").replace(")", ""))
 
 
 def select_lr(records: list[dict[str, Any]], grid: list[float]) -> dict[str, float]:
@@ -399,7 +407,8 @@ def run_jobs(jobs: list[Job], args: argparse.Namespace, spec_extra: dict[str, An
 
 
 def table_budget(args: argparse.Namespace) -> int | None:
-    """Generated tokens per run: ``--token-budget``, else the size's (the wiki task's); the efficiency table has none."""
+    """Generated tokens per run: ``--token-budget``, else the size's (the wiki task's); the efficiency table has
+    none."""
     if args.table == "efficiency":
         return None
     return args.token_budget or (WIKI_BUDGET if args.table == "wiki" else SIZES[args.size].budget)
@@ -484,7 +493,10 @@ def main(argv: list[str] | None = None) -> None:
         return run_one(Path(args.run_one))
     if not args.table:
         ap.error("--table is required")
-    ints = lambda v: [int(x) for x in str(v).split(",") if x.strip()]
+
+    def ints(v: object) -> list[int]:
+        return [int(x) for x in str(v).split(",") if x.strip()]
+
     args.seeds, args.select_seeds = ints(args.seeds), ints(args.select_seeds)
     args.lr_grid = sorted(float(x) for x in str(args.lr_grid).split(",") if x.strip())
     from compare_report import load_record, write_report

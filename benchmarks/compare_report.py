@@ -44,7 +44,10 @@ def run_row(run: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]], 
     run_dir = Path(run["run_dir"])
     recs = read_metrics(run_dir)
     steps = [r for r in recs if "rollout/generated_tokens" in r]
-    col = lambda k: [float(r[k]) for r in steps if isinstance(r.get(k), (int, float))]
+
+    def col(k: str) -> list[float]:
+        return [float(r[k]) for r in steps if isinstance(r.get(k), (int, float))]
+
     timed = steps[1:] if len(steps) > 1 else steps  # step 1 includes warm-up (first allocations, caches)
     gen, leaves = sum(col("rollout/generated_tokens")), sum(col("rollout/leaves"))
     row: dict[str, Any] = {
@@ -66,7 +69,8 @@ def run_row(run: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]], 
         "equal_reward_first3": _mean(col("rollout/equal_reward_prompt_frac")[:3]),
         "equal_reward_prompt_frac": _mean(col("rollout/equal_reward_prompt_frac")),
         "adv_zero_frac": _mean(col("adv/zero_frac")),
-        "fork_root_frac": _mean(col("rollout/fork_root_frac")), "fork_depth_mean": _mean(col("rollout/fork_depth_mean")),
+        "fork_root_frac": _mean(col("rollout/fork_root_frac")),
+        "fork_depth_mean": _mean(col("rollout/fork_depth_mean")),
         "fork_entropy_rank": _mean(col("rollout/fork_entropy_rank")),
         "wall_s": run["wall_s"], "peak_rss_mb": run["peak_rss_mb"], "peak_cuda_mb": run.get("peak_cuda_mb"),
     }
@@ -153,11 +157,12 @@ def write_report(table: str, records: list[dict[str, Any]], out: Path, command: 
         by[r["label"]].append(r)
     versions = sorted({str(r.get("code_version", "unknown")) for r in records})
     planned = f" of {len(seeds) * len(by)} planned" if seeds else ""
-    lines = [f"`{command}`", "", f"Code version(s): {', '.join(versions)}. {warm_start_note(records)} "
-             f"Runs: {len(records)}{planned}.", ""]
+    lines = [f"`{command}`", "", (f"Code version(s): {', '.join(versions)}. {warm_start_note(records)} "
+                                  f"Runs: {len(records)}{planned}."), ""]
     if table != "efficiency":
-        for sha, group in _by_warm_start(records).items():
-            lines += [*warm_start_lines([r["row"] for r in group], sha if len(_by_warm_start(records)) > 1 else None), ""]
+        by_sha = _by_warm_start(records)
+        for sha, group in by_sha.items():
+            lines += [*warm_start_lines([r["row"] for r in group], sha if len(by_sha) > 1 else None), ""]
     if selection:
         lines += [*selection_lines(selection, chosen or {}), ""]
     lines += ["| row | seeds | " + " | ".join(c for c, _ in cols) + " |", "|---|---|" + "---|" * len(cols)]
@@ -277,9 +282,10 @@ def _plots(table: str, records: list[dict[str, Any]], out: Path) -> None:
     labels = list(dict.fromkeys(r["label"] for r in rows))
     colors = {lab: plt.cm.tab10(i % 10) for i, lab in enumerate(labels)}
     if table == "efficiency":
-        keys = ["gen_tokens_per_leaf", "prefill_tokens_per_leaf", "rollout_s_per_step", "update_s_per_step", "peak_rss_mb"]
+        keys = ["gen_tokens_per_leaf", "prefill_tokens_per_leaf", "rollout_s_per_step", "update_s_per_step",
+                "peak_rss_mb"]
         fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2))
-        for ax, k in zip(axes, keys):
+        for ax, k in zip(axes, keys, strict=True):
             vals = [_mean([r.get(k) for r in rows if r["label"] == lab]) for lab in labels]
             ax.bar(range(len(labels)), vals, color=[colors[lab] for lab in labels])
             ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)

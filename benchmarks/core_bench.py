@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -80,12 +81,22 @@ def bench_losses(b: int, t: int, turns: int, reps: int, device: str = "cpu") -> 
     for _ in range(reps):
         for name in names:
             times[name].append(step(name))
-    ratio = statistics.median(tu / tk for tu, tk in zip(times["turn"], times["token"]))
+    ratio = statistics.median(tu / tk for tu, tk in zip(times["turn"], times["token"], strict=True))
     return {n: statistics.median(v) for n, v in times.items()}, ratio
 
 
-def random_forest(n_trees: int, m: int = 10, l: int = 2, k: int = 6, max_turns: int = 5, seed: int = 0) -> tuple[TreeArrays, np.ndarray]:
-    """Trees shaped like AT²PO rollouts: M chains from the root, then L rounds of K forks at random nodes.
+def _chain(par: list[int], frm: int, length: int) -> None:
+    """Append a chain of ``length`` nodes under node ``frm`` to the parent list ``par``."""
+    p = frm
+    for _ in range(length):
+        par.append(p)
+        p = len(par) - 1
+
+
+def random_forest(
+    n_trees: int, m: int = 10, rounds: int = 2, k: int = 6, max_turns: int = 5, seed: int = 0
+) -> tuple[TreeArrays, np.ndarray]:
+    """Trees shaped like AT²PO rollouts: M chains from the root, then L = ``rounds`` rounds of K forks at random nodes.
 
     A fork of node n adds a sibling chain under parent(n) of random length; every chain ends in a leaf.
     Built in plain Python (setup, not timed); the result is the stacked array form.
@@ -94,20 +105,13 @@ def random_forest(n_trees: int, m: int = 10, l: int = 2, k: int = 6, max_turns: 
     parents, ents, rewards, tidx = [], [], [], []
     for tree in range(n_trees):
         par = [-1]
-
-        def chain(frm: int, length: int) -> None:
-            p = frm
-            for _ in range(length):
-                par.append(p)
-                p = len(par) - 1
-
         for _ in range(m):
-            chain(0, int(rng.integers(1, max_turns + 1)))
-        for _ in range(l):
+            _chain(par, 0, int(rng.integers(1, max_turns + 1)))
+        for _ in range(rounds):
             internal = [i for i in range(len(par)) if i == 0 or i in set(par[1:])]
             for n in rng.choice(internal, size=k):
                 frm = 0 if n == 0 else par[n]
-                chain(frm, int(rng.integers(1, max_turns + 1)))
+                _chain(par, frm, int(rng.integers(1, max_turns + 1)))
         par_a = np.array(par)
         is_leaf = np.ones(len(par), bool)
         is_leaf[par_a[par_a >= 0]] = False
@@ -176,9 +180,11 @@ def main() -> None:
     n_leaves = int(arrays.is_leaf.sum())
     print(f"forest: {args.trees} trees, {arrays.parent.size} nodes, {n_leaves} leaves")
     credit = {}
-    for name, opts in (("grpo", {}), ("tree_grpo", {}), ("at2po", {}), ("at2po", {"value_mode": "leaf_mean", "adv_mode": "td+global"})):
+    estimators = (("grpo", {}), ("tree_grpo", {}), ("at2po", {}),
+                  ("at2po", {"value_mode": "leaf_mean", "adv_mode": "td+global"}))
+    for name, opts in estimators:
         key = name + ("" if not opts else "[" + ",".join(f"{v}" for v in opts.values()) + "]")
-        credit[key] = median_ms(lambda: estimate(name, arrays, tidx, **opts), max(args.reps, 20))
+        credit[key] = median_ms(partial(estimate, name, arrays, tidx, **opts), max(args.reps, 20))
         print(f"credit.{key}_ms={credit[key]:.3f}")
     credit_ms = credit["at2po"]
 

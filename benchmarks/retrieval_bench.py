@@ -56,7 +56,7 @@ def timed_single(r, queries: list[str], k: int) -> tuple[list[float], list[list]
 
 
 def hit_at(res: list[list], targets: list[str], k: int) -> float:
-    return sum(t in [p.id for p in hits[:k]] for hits, t in zip(res, targets)) / len(targets)
+    return sum(t in [p.id for p in hits[:k]] for hits, t in zip(res, targets, strict=True)) / len(targets)
 
 
 def main() -> None:
@@ -75,7 +75,8 @@ def main() -> None:
     targets = rng.sample(sorted(descr), min(args.queries, len(descr)))
     queries = [descr[t] for t in targets]
     k = args.k
-    print(f"corpus: {len(docs)} docs, {sum(len(d.text) for d in docs) / 1e6:.1f} M chars; {len(queries)} queries, k={k}")
+    n_chars = sum(len(d.text) for d in docs)
+    print(f"corpus: {len(docs)} docs, {n_chars / 1e6:.1f} M chars; {len(queries)} queries, k={k}")
 
     with tempfile.TemporaryDirectory() as tmp:
         corpus = write_corpus(docs, Path(tmp) / "wiki.jsonl")
@@ -105,7 +106,8 @@ def main() -> None:
         per_q_batch = t_batch / len(queries) * 1e3
         print(f"bm25 in-process: single query p50 {p50:.2f} ms, p95 {p95:.2f} ms; "
               f"batch of {len(queries)}: {per_q_batch:.2f} ms/query ({p50 / per_q_batch:.1f}x vs single p50)")
-        print(f"bm25 hit@1 {hit_at(res, targets, 1):.3f}, hit@{k} {hit_at(res, targets, k):.3f} (query = article description)")
+        print(f"bm25 hit@1 {hit_at(res, targets, 1):.3f}, hit@{k} {hit_at(res, targets, k):.3f} "
+              "(query = article description)")
 
         with RetrievalServer(r, port=0) as server:
             client = HTTPRetriever(server.url, cache_size=0, batch_window_s=0.0)
@@ -113,8 +115,8 @@ def main() -> None:
             hlat, hres = timed_single(client, queries, k)
             assert [[p.id for p in h] for h in hres] == [[p.id for p in h] for h in res]
             hp50 = pct(hlat, 0.5) * 1e3
-            print(f"http (loopback, no cache, no batching window): single p50 {hp50:.2f} ms, p95 {pct(hlat, 0.95) * 1e3:.2f} ms "
-                  f"({hp50 / p50:.1f}x in-process)")
+            print(f"http (loopback, no cache, no batching window): single p50 {hp50:.2f} ms, "
+                  f"p95 {pct(hlat, 0.95) * 1e3:.2f} ms ({hp50 / p50:.1f}x in-process)")
             client.close()
 
             # 16 threads issuing queries at once; the client merges what arrives within 5 ms into one POST
@@ -129,8 +131,8 @@ def main() -> None:
                 t.join()
             t_conc = time.perf_counter() - t0
             st = client.stats
-            print(f"http, {n_threads} threads: {len(queries) / t_conc:.0f} queries/s, {st.queries} queries in {st.posts} POSTs "
-                  f"({st.queries / max(st.posts, 1):.1f} per POST)")
+            print(f"http, {n_threads} threads: {len(queries) / t_conc:.0f} queries/s, {st.queries} queries in "
+                  f"{st.posts} POSTs ({st.queries / max(st.posts, 1):.1f} per POST)")
             client.close()
 
         if args.dense:
@@ -145,7 +147,8 @@ def main() -> None:
             t_dbuild = time.perf_counter() - t0
             dlat, dres = timed_single(d, queries, k)
             print(f"dense (all-MiniLM-L6-v2, CPU) build {t_dbuild:.1f}s ({t_dbuild / t_build:.1f}x bm25); "
-                  f"single p50 {pct(dlat, 0.5) * 1e3:.1f} ms; hit@1 {hit_at(dres, targets, 1):.3f}, hit@{k} {hit_at(dres, targets, k):.3f}")
+                  f"single p50 {pct(dlat, 0.5) * 1e3:.1f} ms; hit@1 {hit_at(dres, targets, 1):.3f}, "
+                  f"hit@{k} {hit_at(dres, targets, k):.3f}")
 
 
 if __name__ == "__main__":

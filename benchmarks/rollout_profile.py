@@ -93,7 +93,8 @@ def first_difference(model, a, b) -> str:
         for i, (na, nb) in enumerate(zip(ta.nodes, tb.nodes, strict=False)):
             if na.gen_ids == nb.gen_ids:
                 continue
-            j = next((k for k, (x, y) in enumerate(zip(na.gen_ids, nb.gen_ids, strict=False)) if x != y), min(len(na.gen_ids), len(nb.gen_ids)))
+            pairs = zip(na.gen_ids, nb.gen_ids, strict=False)  # the first differing token, else where one stops
+            j = next((k for k, (x, y) in enumerate(pairs) if x != y), min(len(na.gen_ids), len(nb.gen_ids)))
             ctx = ta.context_ids(i, include_gen=False)
             with torch.no_grad():
                 lp = torch.log_softmax(model(torch.tensor([ctx + na.gen_ids[:j + 1]])).logits[0].float(), -1)  # [T, V]
@@ -148,16 +149,19 @@ def main() -> None:
         print(f"{name:>6}: wall {m['wall_s']:.2f} s, generated tokens {m['generated_tokens']:.0f}, decode steps "
               f"{m['decode_steps']:.0f}, kv_live {m['kv_live'] / 1e6:.1f}M, kv_read {m['kv_read'] / 1e6:.1f}M | model "
               f"forward: decode {acc['decode_s']:.2f} s (attention {acc['decode_attn_s']:.2f} s), prefill "
-              f"{acc['prefill_s']:.2f} s ({acc['prefill_calls']} calls; attention {acc['prefill_attn_s']:.2f} s) | rest "
-              f"{m['wall_s'] - acc['decode_s'] - acc['prefill_s']:.2f} s", flush=True)
+              f"{acc['prefill_s']:.2f} s ({acc['prefill_calls']} calls; attention {acc['prefill_attn_s']:.2f} s) | "
+              f"rest {m['wall_s'] - acc['decode_s'] - acc['prefill_s']:.2f} s", flush=True)
     restore()
     t, c = res["tree"].metrics, res["chain"].metrics
-    print(f"tree/chain: tokens {t['generated_tokens'] / c['generated_tokens']:.3f}, wall {t['wall_s'] / c['wall_s']:.3f}, "
-          f"kv_live {t['kv_live'] / c['kv_live']:.3f}, kv_read {t['kv_read'] / c['kv_read']:.3f}")
+    print(f"tree/chain: tokens {t['generated_tokens'] / c['generated_tokens']:.3f}, "
+          f"wall {t['wall_s'] / c['wall_s']:.3f}, kv_live {t['kv_live'] / c['kv_live']:.3f}, "
+          f"kv_read {t['kv_read'] / c['kv_read']:.3f}")
     width = round(c["kv_live"] / max(1.0, c["generated_tokens"]))
     costs = {b: step_cost_ms(model, b, width) for b in (1, 8, 32, 128)}
-    print(f"decode forward at {width} cached columns: " + ", ".join(f"batch {b}: {ms:.2f} ms" for b, ms in costs.items()))
-    no_reuse = timed_rollout(HFEngine(model, tok, prefix_cache=False, max_batch_sequences=256), env, examples, configs["tree"])
+    print(f"decode forward at {width} cached columns: "
+          + ", ".join(f"batch {b}: {ms:.2f} ms" for b, ms in costs.items()))
+    no_reuse = timed_rollout(HFEngine(model, tok, prefix_cache=False, max_batch_sequences=256), env, examples,
+                             configs["tree"])
     print(f"tree with vs without prefix reuse: {first_difference(model, res['tree'], no_reuse)}")
     env.close()
 

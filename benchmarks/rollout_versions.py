@@ -34,7 +34,7 @@ def child(src: str, policy: str, prompts: int) -> None:
     import at2po.rollout.driver as drv  # noqa: F401  (before compare.py puts this tree's root on sys.path)
 
     sys.path.insert(1, str(ROOT / "benchmarks"))
-    from rollout_bench import load_sft_policy, pick_rows
+    from rollout_bench import load_sft_policy, pick_rows, read_jsonl
 
     from at2po.agent.env import QAExample
     from at2po.agent.retrievers.bm25 import BM25Retriever
@@ -45,7 +45,7 @@ def child(src: str, policy: str, prompts: int) -> None:
     torch.set_num_threads(2)
     world, _, model, tok, env_cfg = load_sft_policy(policy, ROOT / "runs/bench")
     env = SearchEnv(tok, BM25Retriever.load(world.index), env_cfg)
-    rows = pick_rows([json.loads(line) for line in open(world.test, encoding="utf-8")], prompts)
+    rows = pick_rows(read_jsonl(world.test), prompts)
     ex = [QAExample(r["question"], r["golden_answers"], id=r["id"]) for r in rows]
     eng = HFEngine(model, tok, max_batch_sequences=256)
     rollout(eng, env, ex[:2], RolloutConfig(mode="chain", n=2, max_turn_tokens=96))  # warm-up
@@ -75,16 +75,19 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"old": [], "new": []}
     for _ in range(args.reps):
         for name, src in (("old", args.old), ("new", args.new)):
-            proc = subprocess.run([sys.executable, __file__, "--old", args.old, "--child", src, "--policy", args.policy,
-                                   "--prompts", str(args.prompts)], capture_output=True, text=True, cwd=ROOT, env=os.environ)
+            cmd = [sys.executable, __file__, "--old", args.old, "--child", src, "--policy", args.policy,
+                   "--prompts", str(args.prompts)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=os.environ)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if proc.returncode or line is None:
                 raise SystemExit(f"{name} ({src}) failed:\n{proc.stderr[-3000:]}")
             runs[name].append(json.loads(line[7:]))
-    med = {name: {mode: statistics.median(r[mode]["wall"] for r in rs) for mode in ("tree", "chain")} for name, rs in runs.items()}
+    med = {name: {mode: statistics.median(r[mode]["wall"] for r in rs) for mode in ("tree", "chain")}
+           for name, rs in runs.items()}
     for name, rs in runs.items():
         for mode in ("tree", "chain"):
-            print(f"{name:3s} {mode:5s} wall median {med[name][mode]:.2f} s (all {[round(r[mode]['wall'], 2) for r in rs]}), "
+            walls = [round(r[mode]["wall"], 2) for r in rs]
+            print(f"{name:3s} {mode:5s} wall median {med[name][mode]:.2f} s (all {walls}), "
                   f"generated tokens {rs[0][mode]['tokens']:.0f}")
     for mode in ("tree", "chain"):
         o, n = med["old"][mode], med["new"][mode]

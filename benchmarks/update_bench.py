@@ -114,7 +114,7 @@ def child(args: argparse.Namespace) -> None:
     from at2po.config import load_config
     from at2po.train.batching import Batch
     from at2po.train.components import load_policy
-    from at2po.train.memory import reset_peak_rss, peak_rss_kb
+    from at2po.train.memory import peak_rss_kb, reset_peak_rss
     from at2po.train.trainer import make_accelerator
     from at2po.train.update import compute_log_probs, forward_spec, ppo_update
 

@@ -99,7 +99,8 @@ def main() -> None:
     for name in ("hf", "vllm"):  # each engine in a fresh process: vLLM binds OpenMP threads process-wide
         cmd = [sys.executable, __file__, "--only", name] + [
             f"--prompts={args.prompts}", f"--max-turn-tokens={args.max_turn_tokens}",
-            f"--max-response-tokens={args.max_response_tokens}", f"--kv-cache-gib={args.kv_cache_gib}", f"--seed={args.seed}",
+            f"--max-response-tokens={args.max_response_tokens}", f"--kv-cache-gib={args.kv_cache_gib}",
+            f"--seed={args.seed}",
         ]
         out = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -112,7 +113,8 @@ def main() -> None:
     r_hf, r_vl = results["hf"], results["vllm"]
     print(f"entropy tree M=10 L=2 K=6, {args.prompts} prompt(s), max_turn_tokens={args.max_turn_tokens}, "
           f"max_response_tokens={args.max_response_tokens}, SmolLM2-135M-Instruct fp32, {os.cpu_count()} CPU cores")
-    print(f"{'engine':8} {'leaves':>6} {'gen tok':>8} {'engine s':>9} {'tok/s':>8} {'prefill':>8} {'cached':>8} {'wall s':>8}")
+    print(f"{'engine':8} {'leaves':>6} {'gen tok':>8} {'engine s':>9} {'tok/s':>8} {'prefill':>8} {'cached':>8} "
+          f"{'wall s':>8}")
     for name, r in (("hf", r_hf), ("vllm", r_vl)):
         print(f"{name:8} {r['leaves']:6.0f} {r['generated_tokens']:8.0f} {r['engine_s']:9.2f} {r['tokens_per_s']:8.1f} "
               f"{r['prefill_tokens']:8.0f} {r['cached_tokens']:8.0f} {r['wall_s']:8.2f}")

@@ -55,8 +55,8 @@ def _record(label: str, seed: int, em_before: float, em_after: float) -> dict:
            "em_after": em_after, "em_2hop": em_after, "em_3hop": em_after - 0.1, "em_before_2hop": em_before,
            "entropy_first3": 0.4, "equal_reward_first3": 0.2, "turns_rollout_first3": 4.1}
     series = {k: {"x": xs, "y": [em_before, (em_before + em_after) / 2, em_after]} for k in report.CURVES}
-    return {"label": label, "seed": seed, "code_version": "abc123", "warm_start_sha": "feed", "row": row, "series": series,
-            "final_turns": [3, 4, 4, 5]}
+    return {"label": label, "seed": seed, "code_version": "abc123", "warm_start_sha": "feed", "row": row,
+            "series": series, "final_turns": [3, 4, 4, 5]}
 
 
 def test_report_is_rebuilt_from_records_alone(tmp_path: Path) -> None:

@@ -34,7 +34,8 @@ def test_preset_contents() -> None:
     assert gspo.loss.name == "sequence" and gspo.loss.clips() == (3e-4, 4e-4)
     assert tg.rollout.expansion == "random" and tg.credit.name == "tree_grpo"
     # the progressive ablation changes one thing at a time
-    steps = [load_config(preset=p) for p in ("ablation-random-token", "ablation-random-turn", "ablation-entropy-turn", "at2po")]
+    presets = ("ablation-random-token", "ablation-random-turn", "ablation-entropy-turn", "at2po")
+    steps = [load_config(preset=p) for p in presets]
     sig = [(c.rollout.expansion, c.loss.name, c.credit.name) for c in steps]
     assert sig == [("random", "token", "grpo"), ("random", "turn", "grpo"), ("entropy", "turn", "grpo"),
                    ("entropy", "turn", "at2po")]
@@ -83,7 +84,7 @@ def test_file_errors_name_the_file_and_key(tmp_path: Path) -> None:
         load_config(f)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
-    with pytest.raises(ConfigError, match="unknown preset 'ppo'.*at2po"):
+    with pytest.raises(ConfigError, match=r"unknown preset 'ppo'.*at2po"):
         load_config(preset="ppo")
     with pytest.raises(ConfigError, match="mini_batch_prompts"):
         load_config(overrides=["train.batch_prompts=4", "train.mini_batch_prompts=8"])

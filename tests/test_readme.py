@@ -26,7 +26,8 @@ def example_code(path: Path) -> str:
 
 
 def test_python_blocks_are_found():
-    assert python_blocks("x\n```python\na = 1\n```\n```bash\nls\n```\n```python\nb = 2\n```\n") == ["a = 1\n", "b = 2\n"]
+    text = "x\n```python\na = 1\n```\n```bash\nls\n```\n```python\nb = 2\n```\n"
+    assert python_blocks(text) == ["a = 1\n", "b = 2\n"]
 
 
 def test_every_readme_python_block_is_an_example_a_test_runs():

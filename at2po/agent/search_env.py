@@ -203,7 +203,10 @@ class SearchEnv(AgentEnv):
         """``\\n\\n<result>\\nDoc 1(Title: t) text\\n...\\n</result>\\n\\n`` with the passage list cut so the whole
         observation is at most ``max_obs_tokens`` tokens (the cut drops whole tokens from the end of the body). The
         tags are always kept, so a budget smaller than the empty ``<result>`` block yields just that block."""
-        body = format_passages([(defuse_tags(p.title), defuse_tags(p.text)) for p in passages]) if passages else NO_RESULTS
+        if passages:
+            body = format_passages([(defuse_tags(p.title), defuse_tags(p.text)) for p in passages])
+        else:
+            body = NO_RESULTS
         text = format_observation(body)
         budget = self.cfg.max_obs_tokens
         if self._n_tokens(text) <= budget:

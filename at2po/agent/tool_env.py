@@ -167,7 +167,7 @@ class ToolEnv(AgentEnv):
         ]
         deadline = time.monotonic() + self.tool_timeout_s
         out: list[ToolResult] = []
-        for c, fut in zip(calls, futures):
+        for c, fut in zip(calls, futures, strict=True):
             name = c.tool or self.tool_name
             if fut is None:
                 message = c.message or self.observation(f"Invalid turn: unknown tool {name!r}.")
@@ -187,7 +187,8 @@ class ToolEnv(AgentEnv):
                                       error=f"tool_error: {type(exc).__name__}: {exc}"))
                 continue
             text = "" if value is None else str(value)
-            out.append(ToolResult(self.observation(text or "(no output)"), latency_s=latency, tool=name, empty=not text))
+            out.append(ToolResult(self.observation(text or "(no output)"), latency_s=latency, tool=name,
+                                  empty=not text))
         return out
 
     def close(self) -> None:

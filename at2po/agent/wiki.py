@@ -128,7 +128,7 @@ def evidence_recall(index_dir: Path, rows: list[dict[str, Any]], k: int = 3) -> 
         return 0.0
     retriever = load_retriever(index_dir)
     hits = retriever.batch_search([r["question"] for r in rows], k)
-    return sum(r["evidence"][0] in {p.id for p in h} for r, h in zip(rows, hits)) / len(rows)
+    return sum(r["evidence"][0] in {p.id for p in h} for r, h in zip(rows, hits, strict=True)) / len(rows)
 
 
 def make_wiki(
@@ -151,8 +151,10 @@ def make_wiki(
     test_rows = [_row(q, "test", i) for i, q in enumerate(test_q)]
     train = write_jsonl(out / "train.jsonl", train_rows)
     test = write_jsonl(out / "test.jsonl", test_rows)
+    with corpus.open(encoding="utf-8") as f:
+        n_documents = sum(1 for _ in f)
     stats: dict[str, Any] = {
-        "documents": sum(1 for _ in open(corpus, encoding="utf-8")),
+        "documents": n_documents,
         "train": dict(sorted(Counter(r["data_source"] for r in train_rows).items())),
         "test": dict(sorted(Counter(r["data_source"] for r in test_rows).items())),
         "kinds": {k: [sum(r["kind"] == k for r in rows) for rows in (train_rows, test_rows)]

@@ -48,7 +48,8 @@ class WikiExpert(ScriptedExpert):
         passages = self._search(demo, f"I need to find out: {q}", q)
         if bridge:  # hop 1: find the bridge entity
             if _found(passages, bridge) is None and evidence and len(demo.turns) < budget:
-                passages = self._search(demo, f"The results do not answer it. I will search for {evidence[0]}.", evidence[0])
+                think = f"The results do not answer it. I will search for {evidence[0]}."
+                passages = self._search(demo, think, evidence[0])
             if _found(passages, bridge) is None or len(demo.turns) >= budget:
                 return demo
             if row.get("kind") == "city_capital":
@@ -59,7 +60,8 @@ class WikiExpert(ScriptedExpert):
             if _found(passages, gold) is None and query != bridge and len(demo.turns) < budget:
                 passages = self._search(demo, f"The results do not say it. I will search for {bridge}.", bridge)
         elif _found(passages, gold) is None and evidence and len(demo.turns) < budget:
-            passages = self._search(demo, f"The results do not answer it. I will search for {evidence[-1]}.", evidence[-1])
+            think = f"The results do not answer it. I will search for {evidence[-1]}."
+            passages = self._search(demo, think, evidence[-1])
         title = _found(passages, gold)
         if title is None:
             return demo

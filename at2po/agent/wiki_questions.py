@@ -44,7 +44,7 @@ def package_file(package: str, relative: str) -> Path:
     spec = find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"package {package!r} is not installed (needed for {relative})")
-    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing from the installed {package!r} package")
     return path
@@ -99,8 +99,8 @@ _COUNTRY = re.compile(r"^(?:Country|Sovereign state|Island country|Landlocked co
 # is not a nationality: keep only demonyms (by their endings, "Greek"/"Thai"-style exceptions listed) and drop
 # religions, which share the endings.
 _DEMONYM_END = ("an", "ish", "ese", "ch", "i", "ss", "ic")
-_DEMONYM_EXTRA = {"Greek", "Thai", "Swiss", "Dutch", "French", "Scots", "Inuit", "Welsh", "Soviet", "Argentine", "Florentine",
-                  "Mongol", "Breton", "Anglo", "Austro", "Franco", "Sino", "Afro"}
+_DEMONYM_EXTRA = {"Greek", "Thai", "Swiss", "Dutch", "French", "Scots", "Inuit", "Welsh", "Soviet", "Argentine",
+                  "Florentine", "Mongol", "Breton", "Anglo", "Austro", "Franco", "Sino", "Afro"}
 _NOT_DEMONYM = {"Sufi", "Confucian", "Christian", "Lutheran", "Anglican", "Buddhist", "Hindu", "Catholic",
                 "Muslim", "Islamic", "Victorian", "Renaissance", "Republican", "Vedic", "Benedictine", "Shi"}
 
@@ -126,7 +126,8 @@ def description_questions(summaries: dict[str, dict]) -> Iterator[WikiQuestion]:
     capital_of: dict[str, str] = {}  # country title -> capital title
     for t in sorted(summaries):
         d = desc[t]
-        if (m := _PERSON.match(d)) and summaries[t].get("topic") in ("People", "Uncategorized") and is_demonym(m["nat"]):
+        is_person = summaries[t].get("topic") in ("People", "Uncategorized")
+        if (m := _PERSON.match(d)) and is_person and is_demonym(m["nat"]):
             if appears_in(m["nat"], text[t]):
                 nationality[t] = m["nat"]
                 q = f"What nationality was {_clean_title(t)}?"

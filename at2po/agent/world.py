@@ -57,7 +57,7 @@ class WorldConfig(BaseModel):
     max_obs_tokens: int = Field(512, ge=16, description="observation budget used for the demos (EnvConfig)")
 
     @model_validator(mode="after")
-    def _check(self) -> "WorldConfig":
+    def _check(self) -> WorldConfig:
         if self.n_cities < self.n_countries:
             raise ValueError(f"n_cities ({self.n_cities}) must be >= n_countries ({self.n_countries}): "
                              "every country needs a capital")
@@ -126,10 +126,10 @@ def _make_entities(cfg: WorldConfig, rng: random.Random, names: NameGenerator) -
     for p in people:
         p.facts["born_in"] = rng.choice(cities).id
     founders = rng.sample(people, len(companies))
-    for c, f in zip(companies, founders):
+    for c, f in zip(companies, founders, strict=True):
         c.facts["founded_by"] = f.id
         c.facts["based_in"] = rng.choice(cities).id
-    founded = {f.id: c.id for c, f in zip(companies, founders)}
+    founded = {f.id: c.id for c, f in zip(companies, founders, strict=True)}
     for p in people:
         # A founder works elsewhere, so "who founded the company that X works for?" never answers X itself.
         choices = [c for c in companies if c.id != founded.get(p.id)]
@@ -193,7 +193,7 @@ def _all_questions(ents: dict[str, Entity]) -> list[Question]:
 def _segments(q: Question) -> set[tuple[str, ...]]:
     """Every contiguous sub-chain (with its relations) of a question: ('a', 'born_in', 'b', 'in_country', 'c')."""
     full = [q.chain[0]]
-    for r, e in zip(q.path, q.chain[1:]):
+    for r, e in zip(q.path, q.chain[1:], strict=True):
         full += [r, e]
     return {tuple(full[2 * i : 2 * j + 1]) for i in range(q.hops + 1) for j in range(i + 1, q.hops + 1)}
 
@@ -218,7 +218,7 @@ def _split(
     for h in pools:
         rng.shuffle(pools[h])
     test: list[Question] = []
-    for h, k in zip(hop_counts, _quotas(cfg.n_test, cfg.hops)):
+    for h, k in zip(hop_counts, _quotas(cfg.n_test, cfg.hops), strict=True):
         if k > len(pools[h]):
             raise ValueError(f"n_test asks for {k} {h}-hop questions but the world has {len(pools[h])}; "
                              "grow the world (n_people, n_companies, ...) or lower n_test")
@@ -228,10 +228,11 @@ def _split(
     ok = {h: [q for q in pools[h] if not (_segments(q) & test_chains)] for h in pools}
     train: list[Question] = []
     sft: list[Question] = []
-    for h, k, j in zip(hop_counts, _quotas(cfg.n_train, cfg.hops), _quotas(cfg.n_sft, cfg.hops)):
+    for h, k, j in zip(hop_counts, _quotas(cfg.n_train, cfg.hops), _quotas(cfg.n_sft, cfg.hops), strict=True):
         if k + j > len(ok[h]):
-            raise ValueError(f"n_train + n_sft ask for {k + j} {h}-hop questions but only {len(ok[h])} do not overlap "
-                             "a test chain; grow the world (n_people, n_companies, ...) or lower n_train / n_sft / n_test")
+            raise ValueError(f"n_train + n_sft ask for {k + j} {h}-hop questions but only {len(ok[h])} do not "
+                             "overlap a test chain; grow the world (n_people, n_companies, ...) or lower n_train / "
+                             "n_sft / n_test")
         train += ok[h][:k]
         sft += ok[h][k : k + j]
     return train, test, sft

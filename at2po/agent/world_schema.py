@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import pairwise
 
 KINDS: tuple[str, ...] = ("country", "city", "person", "company")
 
@@ -65,7 +66,8 @@ QUESTIONS: dict[tuple[str, ...], str] = {
         "In which country was the founder of the company that {x} works for born?",
     ("works_for", "based_in", "in_country", "capital"):
         "What is the capital of the country where the company that {x} works for is based?",
-    ("founded_by", "born_in", "in_country", "capital"): "What is the capital of the country where the founder of {x} was born?",
+    ("founded_by", "born_in", "in_country", "capital"):
+        "What is the capital of the country where the founder of {x} was born?",
 }
 
 MAX_HOPS: int = max(len(path) for path in QUESTIONS)
@@ -73,7 +75,7 @@ MAX_HOPS: int = max(len(path) for path in QUESTIONS)
 
 def _check_tables() -> None:
     for path in QUESTIONS:
-        for a, b in zip(path, path[1:]):
+        for a, b in pairwise(path):
             if RELATIONS[a][1] != RELATIONS[b][0]:
                 raise AssertionError(f"question path {path}: {a} does not chain into {b}")
 

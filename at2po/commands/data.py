@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 
-def _names(value: Optional[str]) -> Optional[list[str]]:
+def _names(value: str | None) -> list[str] | None:
     return [n.strip() for n in value.split(",") if n.strip()] if value else None
 
 
@@ -17,13 +16,13 @@ def prepare(
         ..., "--src", help="FlashRAG layout: <src>/<dataset>/{train,dev,test}.jsonl (or .parquet)"
     ),
     out: Path = typer.Option(..., "--out", help="output directory: train.jsonl, test.jsonl, manifest.json"),
-    train_sources: Optional[str] = typer.Option(
+    train_sources: str | None = typer.Option(
         None, "--train-sources", help="comma-separated datasets whose train split is used (default: all that have one)"
     ),
-    test_sources: Optional[str] = typer.Option(
+    test_sources: str | None = typer.Option(
         None, "--test-sources", help="comma-separated datasets whose test (else dev) split is used (default: all)"
     ),
-    max_test_per_source: Optional[int] = typer.Option(
+    max_test_per_source: int | None = typer.Option(
         None, "--max-test-per-source", min=1, help="keep a seeded sample of at most N test rows per dataset"
     ),
     seed: int = typer.Option(0, "--seed", help="seed of the train shuffle and the test sample"),

@@ -55,8 +55,12 @@ def convert_smollm2_cmd(
 
 def make_tiny_model_cmd(
     out: Path = typer.Option(..., "--out", help="output model directory"),
-    texts: list[Path] = typer.Option(..., "--texts", help="training texts: .txt (one per line) or .jsonl (all strings); repeatable"),
-    vocab_size: int = typer.Option(1024, "--vocab-size", min=300, help="BPE vocabulary size (incl. 256 bytes + specials)"),
+    texts: list[Path] = typer.Option(
+        ..., "--texts", help="training texts: .txt (one per line) or .jsonl (all strings); repeatable"
+    ),
+    vocab_size: int = typer.Option(
+        1024, "--vocab-size", min=300, help="BPE vocabulary size (incl. 256 bytes + specials)"
+    ),
     hidden_size: int = typer.Option(64, "--hidden-size", min=8),
     layers: int = typer.Option(2, "--layers", min=1),
     heads: int = typer.Option(4, "--heads", min=1),

@@ -6,7 +6,6 @@ import ipaddress
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,10 +16,12 @@ class Kind(str, Enum):
 
 
 def index(
-    corpus: Path = typer.Option(..., "--corpus", help="JSONL corpus: {id,title,text} or Search-R1 {id,contents} per line"),
+    corpus: Path = typer.Option(
+        ..., "--corpus", help="JSONL corpus: {id,title,text} or Search-R1 {id,contents} per line"
+    ),
     out: Path = typer.Option(..., "--out", help="index directory to write"),
     retriever: Kind = typer.Option(Kind.bm25, "--retriever", help="index kind"),
-    model: Optional[str] = typer.Option(
+    model: str | None = typer.Option(
         None, "--model", help="embedding model (path or name) for --retriever dense; default: bundled all-MiniLM-L6-v2"
     ),
     device: str = typer.Option("cpu", "--device", help="torch device for embedding with --retriever dense (cpu, cuda)"),
@@ -38,7 +39,8 @@ def index(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     meta = read_meta(path)
-    typer.echo(f"built {meta['kind']} index of {meta['num_docs']} documents in {time.perf_counter() - t0:.1f}s → {path}")
+    took = time.perf_counter() - t0
+    typer.echo(f"built {meta['kind']} index of {meta['num_docs']} documents in {took:.1f}s → {path}")
 
 
 def serve_retriever(
@@ -75,7 +77,9 @@ def serve_retriever(
         raise typer.Exit(2) from None
     try:
         if not ipaddress.ip_address(server.host).is_loopback:
-            typer.echo(f"warning: listening on {server.host}, reachable from other machines; the API has no auth", err=True)
+            typer.echo(
+                f"warning: listening on {server.host}, reachable from other machines; the API has no auth", err=True
+            )
     except ValueError:
         pass
     typer.echo(f"serving {index_spec} at {server.url}/retrieve (Ctrl-C to stop)")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -26,24 +25,26 @@ def _parse_hops(hops: str) -> tuple[float, ...]:
 def make_world_cmd(
     out: Path = typer.Option(..., "--out", help="directory to write corpus/train/test/sft .jsonl, index/, world.json"),
     seed: int = typer.Option(0, "--seed", help="random seed (same seed -> byte-identical files)"),
-    n_countries: Optional[int] = typer.Option(None, "--countries", help="number of countries [6]"),
-    n_cities: Optional[int] = typer.Option(None, "--cities", help="number of cities, >= countries [30]"),
-    n_people: Optional[int] = typer.Option(None, "--people", help="number of people, > companies [200]"),
-    n_companies: Optional[int] = typer.Option(None, "--companies", help="number of companies [40]"),
-    n_train: Optional[int] = typer.Option(None, "--train", help="train questions [500]"),
-    n_test: Optional[int] = typer.Option(None, "--test", help="test questions [100]"),
-    n_sft: Optional[int] = typer.Option(None, "--sft", help="expert demonstrations, on other questions [500]"),
-    hops: Optional[str] = typer.Option(None, "--hops", help="weights of 1-,2-,3-hop (and 4-hop, with a 4th weight) questions [0.3,0.4,0.3]"),
-    distractors: Optional[int] = typer.Option(
+    n_countries: int | None = typer.Option(None, "--countries", help="number of countries [6]"),
+    n_cities: int | None = typer.Option(None, "--cities", help="number of cities, >= countries [30]"),
+    n_people: int | None = typer.Option(None, "--people", help="number of people, > companies [200]"),
+    n_companies: int | None = typer.Option(None, "--companies", help="number of companies [40]"),
+    n_train: int | None = typer.Option(None, "--train", help="train questions [500]"),
+    n_test: int | None = typer.Option(None, "--test", help="test questions [100]"),
+    n_sft: int | None = typer.Option(None, "--sft", help="expert demonstrations, on other questions [500]"),
+    hops: str | None = typer.Option(
+        None, "--hops", help="weights of 1-,2-,3-hop (and 4-hop, with a 4th weight) questions [0.3,0.4,0.3]"
+    ),
+    distractors: int | None = typer.Option(
         None, "--distractors", help="extra documents that mention entities but state no relation [0]"
     ),
-    name_similarity: Optional[float] = typer.Option(
+    name_similarity: float | None = typer.Option(
         None, "--name-similarity", help="0..1: how often names share/vary parts [0]"
     ),
-    expert_noise: Optional[float] = typer.Option(
+    expert_noise: float | None = typer.Option(
         None, "--expert-noise", help="0..1: fraction of demos with a deliberate mistake [0.1]"
     ),
-    tokenizer: Optional[str] = typer.Option(
+    tokenizer: str | None = typer.Option(
         None, "--tokenizer", help="tokenizer dir the demo observations are truncated with (default: byte-level bound)"
     ),
     no_sft: bool = typer.Option(False, "--no-sft", help="skip the expert demonstrations"),

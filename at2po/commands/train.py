@@ -8,18 +8,17 @@ Configuration: an optional YAML file, ``--preset NAME`` and dotted ``KEY=VALUE``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 _OVERRIDES_HELP = "dotted overrides KEY=VALUE (e.g. rollout.m=10 loss.name=turn); a leading *.yaml is the config file"
 
 
-def _resolve(args: list[str], preset: Optional[str]):  # noqa: ANN202 - returns RunConfig (lazy import)
+def _resolve(args: list[str], preset: str | None):
     from at2po.config import load_config
 
     path = None
-    if args and not ("=" in args[0]) and args[0].endswith((".yaml", ".yml")):
+    if args and "=" not in args[0] and args[0].endswith((".yaml", ".yml")):
         path, args = args[0], args[1:]
     return load_config(path, args, preset=preset)
 
@@ -30,8 +29,8 @@ def _fail(exc: Exception) -> None:
 
 
 def train(
-    args: Optional[list[str]] = typer.Argument(None, help=_OVERRIDES_HELP),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="at2po, grpo, dapo, gspo, tree-grpo, ablation-*"),
+    args: list[str] | None = typer.Argument(None, help=_OVERRIDES_HELP),
+    preset: str | None = typer.Option(None, "--preset", "-p", help="at2po, grpo, dapo, gspo, tree-grpo, ablation-*"),
     resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint in train.output_dir"),
     quick: bool = typer.Option(False, "--quickstart", help="run the synthetic-world quickstart (default with no args)"),
     quick_out: Path = typer.Option(Path("runs/quickstart"), "--quickstart-dir", help="where the quickstart writes"),
@@ -46,13 +45,14 @@ def train(
     from at2po.api import Trainer  # the CLI is the Python API with every part read from the config
 
     res = Trainer(args=_resolve(args, preset)).train(resume=resume)
-    typer.echo(f"done: {res.steps_done} steps → {res.run_dir}" + (f" (final model: {res.final_dir})" if res.final_dir else ""))
+    final = f" (final model: {res.final_dir})" if res.final_dir else ""
+    typer.echo(f"done: {res.steps_done} steps → {res.run_dir}{final}")
 
 
 def sft(
-    args: Optional[list[str]] = typer.Argument(None, help=_OVERRIDES_HELP),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p"),
-    out: Optional[Path] = typer.Option(None, "--out", help="model directory to write (default <train.output_dir>/sft)"),
+    args: list[str] | None = typer.Argument(None, help=_OVERRIDES_HELP),
+    preset: str | None = typer.Option(None, "--preset", "-p"),
+    out: Path | None = typer.Option(None, "--out", help="model directory to write (default <train.output_dir>/sft)"),
 ) -> None:
     """Supervised warm start on demonstrations (data.sft), observation tokens masked."""
     from at2po.train.sft import sft as run_sft
@@ -62,10 +62,10 @@ def sft(
 
 
 def wiki_demos(
-    args: Optional[list[str]] = typer.Argument(None, help=_OVERRIDES_HELP),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p"),
-    out: Optional[Path] = typer.Option(None, "--out", help="demonstrations JSONL to write (default: data.sft)"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="stop after this many solved demonstrations"),
+    args: list[str] | None = typer.Argument(None, help=_OVERRIDES_HELP),
+    preset: str | None = typer.Option(None, "--preset", "-p"),
+    out: Path | None = typer.Option(None, "--out", help="demonstrations JSONL to write (default: data.sft)"),
+    limit: int | None = typer.Option(None, "--limit", help="stop after this many solved demonstrations"),
 ) -> None:
     """Protocol demonstrations for the Wikipedia benchmark (data.train), made with the run's own env and tokenizer."""
     import json
@@ -90,9 +90,9 @@ def wiki_demos(
 
 
 def eval_cmd(
-    args: Optional[list[str]] = typer.Argument(None, help=_OVERRIDES_HELP),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p"),
-    out: Optional[Path] = typer.Option(None, "--out", help="JSON report path (default <train.output_dir>/eval.json)"),
+    args: list[str] | None = typer.Argument(None, help=_OVERRIDES_HELP),
+    preset: str | None = typer.Option(None, "--preset", "-p"),
+    out: Path | None = typer.Option(None, "--out", help="JSON report path (default <train.output_dir>/eval.json)"),
 ) -> None:
     """Evaluate model.path on data.test: per-source EM / F1 / format / tool calls / turns (pass@k with eval.n=k)."""
     from at2po.train.components import (
@@ -132,7 +132,7 @@ def eval_cmd(
 def plot(
     runs: list[Path] = typer.Argument(..., help="run directories (each holds metrics.jsonl)"),
     out: Path = typer.Option(Path("curves.png"), "--out", "-o", help="PNG to write"),
-    metric: Optional[list[str]] = typer.Option(None, "--metric", "-m", help="metric key(s) to draw (repeatable)"),
+    metric: list[str] | None = typer.Option(None, "--metric", "-m", help="metric key(s) to draw (repeatable)"),
     x: str = typer.Option("step", "--x", help="x axis: step or tokens (cumulative generated tokens)"),
 ) -> None:
     """Draw learning curves (reward, EM, entropy, tokens) of one or several runs to a PNG."""

@@ -13,7 +13,8 @@ class VLLMConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: float32 on CPU (≈3× bf16 there), bf16 on CUDA
+    # auto: float32 on CPU (≈3× bf16 there), bf16 on CUDA
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_model_len: int | None = None  # None: the model's max_position_embeddings
     # --- memory -------------------------------------------------------------------------------------------
     kv_cache_gib: float | None = Field(None, gt=0)  # KV cache size; CPU default 2 GiB, CUDA default: by memory fraction
@@ -28,7 +29,8 @@ class VLLMConfig(BaseModel):
     # --- behaviour ----------------------------------------------------------------------------------------
     enable_prefix_caching: bool = True
     block_size: int | None = None  # KV block size (None: vLLM default, 128 on CPU, 16 on CUDA)
-    in_process: bool = True  # engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): colocated with the trainer
+    # engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): colocated with the trainer
+    in_process: bool = True
     enforce_eager: bool = True  # skip torch.compile / CUDA graphs: fast start-up, weights can be swapped freely
     tensor_parallel_size: int = Field(1, ge=1)
     stop_at_eos: bool = True
@@ -43,7 +45,7 @@ class RolloutConfig(BaseModel):
     mode: Literal["chain", "tree"] = "tree"
     n: int = Field(16, ge=1, description="chains per prompt (chain mode)")
     m: int = Field(10, ge=1, description="initial chains per tree (tree mode)")
-    l: int = Field(2, ge=0, description="expansion rounds")
+    l: int = Field(2, ge=0, description="expansion rounds")  # noqa: E741 - the paper's name; a public config key
     k: int = Field(6, ge=0, description="nodes forked per tree per round")
     alpha: float = Field(0.05, ge=0.0, description="branch penalty α in s(n) = H(n) − α·|siblings|")
     expansion: Literal["entropy", "random"] = "entropy"

@@ -64,7 +64,9 @@ class CreditConfig(_Section):
     def _known_estimator(cls, v: str) -> str:
         from at2po.core.credit import CREDIT_ESTIMATORS
 
-        return _registered("credit estimator", v, CREDIT_ESTIMATORS, "add one with at2po.core.credit.register_estimator")
+        return _registered(
+            "credit estimator", v, CREDIT_ESTIMATORS, "add one with at2po.core.credit.register_estimator"
+        )
 
     def options(self) -> dict[str, Any]:
         """Keyword options for :func:`at2po.core.credit.estimate` (value/advantage modes only for ``at2po``)."""
@@ -133,7 +135,8 @@ class TrainConfig(_Section):
     # the LM head runs only where a generated token is scored, this many positions at a time (logits recomputed in
     # backward); 0 = full [B, T, V] logits from the model's own head
     logprob_chunk_tokens: int = Field(512, ge=0)
-    tree_attention: Literal["blocked", "dense"] = "blocked"  # blocked: gathered-key SDPA per query block; dense: [N, N] mask
+    # blocked: gathered-key SDPA per query block; dense: an [N, N] mask
+    tree_attention: Literal["blocked", "dense"] = "blocked"
     tree_attention_block: int = Field(128, ge=1)  # query block of the blocked tree attention
     # blocked tree attention: gather each block's keys/values again in backward instead of keeping the gathered
     # copies (≈ depth/block + 1 times the packed key/values per layer); costs one more attention forward
@@ -153,7 +156,7 @@ class TrainConfig(_Section):
     max_generated_tokens: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
-    def _mini_fits(self) -> "TrainConfig":
+    def _mini_fits(self) -> TrainConfig:
         if self.mini_batch_prompts > self.batch_prompts:
             raise ValueError(
                 f"mini_batch_prompts ({self.mini_batch_prompts}) > batch_prompts ({self.batch_prompts})"
@@ -241,7 +244,7 @@ class RunConfig(_Section):
         return data
 
     @model_validator(mode="after")
-    def _sampler_old_log_prob(self) -> "RunConfig":
+    def _sampler_old_log_prob(self) -> RunConfig:
         if self.train.old_log_prob == "sampler" and self.loss.tis_cap is not None:
             raise ValueError(
                 "train.old_log_prob=sampler makes π_old the sampler's log-probs, so loss.tis_cap (which corrects "
@@ -339,7 +342,8 @@ def load_config(
     merged = deep_merge(merged, over)
     if name is not None:
         merged["preset"] = name
-    source = ", ".join(s for s in (f"preset {name}" if name else "", str(path) if path else "", "overrides" if overrides else "") if s)
+    parts = (f"preset {name}" if name else "", str(path) if path else "", "overrides" if overrides else "")
+    source = ", ".join(s for s in parts if s)
     return validate_config(merged, source or "defaults")
 
 

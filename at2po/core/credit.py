@@ -15,8 +15,9 @@ Several trees may be concatenated (``stack_trees``); tree membership is read fro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -275,7 +276,7 @@ def estimate(
 
 
 def _leaf_rewards(arrays: TreeArrays) -> tuple[np.ndarray, np.ndarray]:
-    parent, _, reward, leaves = _check_inputs(arrays.parent, arrays.entropy, arrays.reward, None)
+    _, _, reward, leaves = _check_inputs(arrays.parent, arrays.entropy, arrays.reward, None)
     if arrays.is_leaf is not None and not np.array_equal(np.asarray(arrays.is_leaf, dtype=bool), leaves):
         j = int(np.flatnonzero(np.asarray(arrays.is_leaf, dtype=bool) != leaves)[0])
         raise ValueError(f"arrays.is_leaf[{j}] disagrees with parent (a leaf is a non-root node with no children)")
@@ -346,9 +347,9 @@ def _at2po(
 __all__ = [
     "ADV_MODES",
     "CREDIT_ESTIMATORS",
-    "Credit",
     "STD_MODES",
     "VALUE_MODES",
+    "Credit",
     "advantages_from_values",
     "estimate",
     "node_values",

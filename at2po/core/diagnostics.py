@@ -1,4 +1,5 @@
-"""Logged (not optimised) training diagnostics: KL estimators and the turn entropy H_turn of the spec (ours and\nthe authors' code's estimator, both logged)."""
+"""Logged (not optimised) training diagnostics: KL estimators and the turn entropy H_turn of the spec (ours and
+the authors' code's estimator, both logged)."""
 
 from __future__ import annotations
 

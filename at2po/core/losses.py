@@ -25,8 +25,8 @@ per-turn reductions are ``scatter_add`` over a turn axis — no Python loop over
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -181,10 +181,10 @@ def policy_loss(
 
     ``clip_low``/``clip_high`` are ε_l/ε_r (ratio clipped to [1−ε_l, 1+ε_r]); ``None`` takes the loss's
     registered default (token 0.2/0.2, sequence 3e-4/4e-4, turn 3e-3/4e-3, aepo 0.2/0.2). ``turn_ids`` is required
-    for ``turn`` and,
-    when given, also enables the per-turn metrics; ids of generated tokens must lie in [0, T) (true for real
-    rows: turn k starts at position >= k), they need not be contiguous, and ids on masked tokens are ignored. ``clip_ratio_c`` > 1 enables dual clip. ``entropy`` is the
-    per-token policy entropy [B, T] (with gradient) for an entropy bonus. Metrics are detached 0-dim tensors
+    for ``turn`` and, when given, also enables the per-turn metrics; ids of generated tokens must lie in [0, T)
+    (true for real rows: turn k starts at position >= k), they need not be contiguous, and ids on masked tokens are
+    ignored. ``clip_ratio_c`` > 1 enables dual clip. ``entropy`` is the per-token policy entropy [B, T] (with
+    gradient) for an entropy bonus. Metrics are detached 0-dim tensors
     (call ``.item()`` when logging): pg_loss, pg_clipfrac, pg_clipfrac_turn, ppo_kl (k1), approx_kl (k3),
     ratio_mean/min/max, turn_entropy (H_turn), and kl_loss / entropy / pg_clipfrac_dual when used.
     """

@@ -107,8 +107,8 @@ def pack_rows(input_ids: torch.Tensor | np.ndarray, lengths: torch.Tensor | np.n
     parent = parent_col[is_new]
     index = np.empty_like(s_index)
     index[order] = s_index
-    return TriePack(ids=_long(packed_ids), pos=_long(pos), parent=_long(parent), end=_long(end), owner=_long(node_owner),
-                    index=_long(index))
+    return TriePack(ids=_long(packed_ids), pos=_long(pos), parent=_long(parent), end=_long(end),
+                    owner=_long(node_owner), index=_long(index))
 
 
 def _long(a: np.ndarray) -> torch.Tensor:
@@ -122,7 +122,9 @@ def unique_token_count(input_ids: torch.Tensor | np.ndarray, lengths: torch.Tens
     return int(np.maximum(lens[order] - _sorted_lcp(ids[order], lens[order]), 0).sum())
 
 
-def split_rows(input_ids: torch.Tensor | np.ndarray, lengths: torch.Tensor | np.ndarray, budget_tokens: int) -> list[list[int]]:
+def split_rows(
+    input_ids: torch.Tensor | np.ndarray, lengths: torch.Tensor | np.ndarray, budget_tokens: int
+) -> list[list[int]]:
     """Split rows into groups whose tries have at most ``budget_tokens`` nodes each (a row longer than the budget is
     a group of its own). Rows are taken in trie order, so rows sharing prefixes stay together and a group's cost is
     its first row's length plus the new tokens of the others: each part of a split tree recomputes its shared

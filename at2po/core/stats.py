@@ -28,7 +28,9 @@ class Interval:
         return f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
 
 
-def bootstrap_ci(values: np.ndarray | list[float], alpha: float = 0.05, n_boot: int = 10_000, seed: int = 0) -> Interval:
+def bootstrap_ci(
+    values: np.ndarray | list[float], alpha: float = 0.05, n_boot: int = 10_000, seed: int = 0
+) -> Interval:
     """Mean of ``values`` [n] and its percentile-bootstrap (1 − alpha) interval (NaNs dropped)."""
     x = np.asarray(values, dtype=np.float64)
     x = x[np.isfinite(x)]

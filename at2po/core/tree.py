@@ -155,7 +155,7 @@ class TurnTree:
     @classmethod
     def from_arrays(
         cls, parent: np.ndarray, entropy: np.ndarray | None = None, reward: np.ndarray | None = None
-    ) -> "TurnTree":
+    ) -> TurnTree:
         """Build a token-free tree from the array form (for tests and kernels).
 
         Entropies are stored as a one-token turn with log-prob −H so that ``node.entropy`` round-trips.
@@ -193,7 +193,9 @@ def stack_trees(trees: list[TurnTree]) -> tuple[TreeArrays, np.ndarray, np.ndarr
     arrs = [t.to_arrays() for t in trees]
     sizes = np.array([len(a.parent) for a in arrs], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
-    parent = np.concatenate([np.where(a.parent >= 0, a.parent + off, -1) for a, off in zip(arrs, offsets[:-1])])
+    parent = np.concatenate(
+        [np.where(a.parent >= 0, a.parent + off, -1) for a, off in zip(arrs, offsets[:-1], strict=True)]
+    )
     out = TreeArrays(
         parent=parent,
         entropy=np.concatenate([a.entropy for a in arrs]),

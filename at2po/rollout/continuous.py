@@ -4,8 +4,9 @@ In phase mode (:class:`~at2po.rollout.phase.PhaseRunner`) every open branch samp
 call, so each phase lasts as long as its longest turn and a turn's tool result waits for the whole phase. Here
 the runner is the engine's :class:`~at2po.rollout.engine.Scheduler`: the turns that end at a decode step are
 recorded at once and their tool calls are sent together (``env.run_tools``, concurrent) to a pool of
-``rollout.tool_workers`` threads, so decoding goes on while tools run and batches of different steps overlap; each next turn joins the running batch at the first decode step after its tool
-returned. Expansion rounds keep their barrier per tree (selection reads the whole tree after round r−1, spec
+``rollout.tool_workers`` threads, so decoding goes on while tools run and batches of different steps overlap;
+each next turn joins the running batch at the first decode step after its tool returned. Expansion rounds keep
+their barrier per tree (selection reads the whole tree after round r−1, spec
 Component 1), through ``on_idle`` (per-tree schedule) or one ``run`` per round (lockstep).
 
 Every turn's random stream comes from its place in the tree (``turn_seed``), so continuous and phase batching
@@ -69,7 +70,8 @@ class ContinuousRunner(PhaseRunner):
 
     def finished(self, done: list[tuple[Request, Generation]]) -> None:
         branches: list[Branch] = [req.tag for req, _ in done]
-        calls = self._record(branches, [cut(g, self._budget(b)) for b, (_, g) in zip(branches, done)], phase=None)
+        gens = [cut(g, self._budget(b)) for b, (_, g) in zip(branches, done, strict=True)]
+        calls = self._record(branches, gens, phase=None)
         if not self.cfg.async_tools:  # wait for this step's tools: a reproducible batch layout
             t0 = time.perf_counter()
             results = self._timed_tools([c[3] for c in calls]) if calls else []

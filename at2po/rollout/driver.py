@@ -81,11 +81,14 @@ def _run_trees(runner: PhaseRunner, trees: list[TurnTree], cfg: RolloutConfig) -
         Random picks and exact-tie breaks use a uniform per (node stream, round), so they depend neither on the
         schedule nor on the order nodes were added (continuous batching)."""
         arrays, _, offsets = stack_trees([trees[t] for t in ts])
-        streams = [tree_seed(cfg.seed, t) if n == 0 else node.info["seed"] for t in ts for n, node in enumerate(trees[t].nodes)]
+        streams = [
+            tree_seed(cfg.seed, t) if n == 0 else node.info["seed"] for t in ts for n, node in enumerate(trees[t].nodes)
+        ]
         keys = uniforms(torch.tensor(streams, dtype=torch.int64), r).numpy()  # [N]
+        entropy = _same_turn_same_entropy([trees[t] for t in ts], arrays.entropy, offsets)
         picks = select_nodes_forest(
-            arrays.parent, _same_turn_same_entropy([trees[t] for t in ts], arrays.entropy, offsets), arrays.is_leaf, cfg.k,
-            cfg.alpha, cfg.expansion, allow_leaves=cfg.expand_leaves, keys=keys,
+            arrays.parent, entropy, arrays.is_leaf, cfg.k, cfg.alpha, cfg.expansion, allow_leaves=cfg.expand_leaves,
+            keys=keys,
         )  # [len(ts), K] node indices into the stacked forest
         out: list[Branch] = []
         for row, t in enumerate(ts):
@@ -146,7 +149,7 @@ def _same_turn_same_entropy(trees: list[TurnTree], entropy: np.ndarray, offsets:
     their own estimates. Contexts are compared as classes built top-down — a node's class is (its parent's class,
     its observation, its tokens) — so the cost is the tokens of the nodes, not of their whole contexts."""
     out = np.asarray(entropy, dtype=np.float64).copy()
-    for tree, off in zip(trees, offsets):
+    for tree, off in zip(trees, offsets[:-1], strict=True):
         cls = [0]  # per node: the class of its full context (parents come before their children)
         groups: dict[tuple, list[int]] = {}
         for i, node in enumerate(tree.nodes[1:], 1):
@@ -165,17 +168,21 @@ def _same_turn_same_entropy(trees: list[TurnTree], entropy: np.ndarray, offsets:
 # The metrics of ``_metrics`` that are totals over the rollout (they add up over several rollouts, e.g. DAPO's
 # extra generation batches); the others are rates or means.
 ADDITIVE_METRICS = frozenset({
-    "generated_tokens", "prefill_tokens", "cached_tokens", "forks", "tool_calls", "tool_errors", "tool_fallbacks", "invalid_turns",
-    "limit_hits", "turns", "leaves", "phases", "decode_steps", "kv_read", "kv_live", "evicted_tokens", "wall_s", "gen_s", "tool_s",
-    "tool_wait_s",
+    "generated_tokens", "prefill_tokens", "cached_tokens", "forks", "tool_calls", "tool_errors", "tool_fallbacks",
+    "invalid_turns", "limit_hits", "turns", "leaves", "phases", "decode_steps", "kv_read", "kv_live", "evicted_tokens",
+    "wall_s", "gen_s", "tool_s", "tool_wait_s",
 })
 
 
-def _metrics(trees: list[TurnTree], runner: PhaseRunner, engine: Engine, s0: dict[str, Any], wall: float) -> dict[str, float]:
+def _metrics(
+    trees: list[TurnTree], runner: PhaseRunner, engine: Engine, s0: dict[str, Any], wall: float
+) -> dict[str, float]:
     s1 = engine.stats().as_dict()
     leaves = [(tree, i) for tree in trees for i in tree.leaves()]
     depths = np.array([tree.depth(i) for tree, i in leaves], dtype=np.float64)
-    resp = np.array([len(tree.context_ids(i, include_gen=True)) - len(tree.prompt_ids) for tree, i in leaves], dtype=np.float64)
+    resp = np.array(
+        [len(tree.context_ids(i, include_gen=True)) - len(tree.prompt_ids) for tree, i in leaves], dtype=np.float64
+    )
     ends = [tree.nodes[i].end.value for tree, i in leaves]
     node_depths = [tree.depth(i) for tree in trees for i in range(1, len(tree.nodes))]
     fork_log = np.array([f for tree in trees for f in tree.meta.get("fork_log", [])], dtype=np.float64).reshape(-1, 2)

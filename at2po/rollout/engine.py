@@ -103,14 +103,15 @@ def validate_contexts(
             raise ValueError(f"{who}.generate: context {i} has {len(c)} tokens ≥ max_model_len {max_model_len}")
         lo, hi = min(c), max(c)
         if lo < 0 or hi >= vocab_size:
-            raise ValueError(f"{who}.generate: context {i} has token id {lo if lo < 0 else hi} outside [0, {vocab_size})")
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{who}.generate: context {i} has token id {bad} outside [0, {vocab_size})")
     return ctxs
 
 
 def validate_requests(reqs: Sequence[Request], max_model_len: int, vocab_size: int, who: str) -> None:
     """:func:`validate_contexts` on the requests' contexts (stored back as int lists), and ``max_new_tokens ≥ 1``;
     ValueError naming the context index or the request's tag."""
-    for r, c in zip(reqs, validate_contexts([r.context for r in reqs], max_model_len, vocab_size, who)):
+    for r, c in zip(reqs, validate_contexts([r.context for r in reqs], max_model_len, vocab_size, who), strict=True):
         if r.max_new_tokens < 1:
             raise ValueError(f"{who}: request {r.tag!r} has max_new_tokens={r.max_new_tokens} (must be ≥ 1)")
         r.context = c
@@ -140,7 +141,7 @@ class Engine(ABC):
             wave = replace(params, max_new_tokens=max(r.max_new_tokens for r in reqs))
             gens = self.generate([r.context for r in reqs], wave, [r.seed for r in reqs])
             # sampling is causal: a generation cut to a shorter budget is what that budget would have produced
-            scheduler.finished([(r, cut(g, r.max_new_tokens)) for r, g in zip(reqs, gens)])
+            scheduler.finished([(r, cut(g, r.max_new_tokens)) for r, g in zip(reqs, gens, strict=True)])
 
     @abstractmethod
     def stats(self) -> EngineStats:

@@ -152,7 +152,9 @@ class HFEngine(Engine):
         self, contexts: Sequence[Sequence[int]], params: SamplingParams, seeds: Sequence[int] | None = None
     ) -> list[Generation]:
         seeds = sequence_seeds(len(contexts), params, seeds, "HFEngine")
-        batch = _AllAtOnce([Request(c, s, params.max_new_tokens, i) for i, (c, s) in enumerate(zip(contexts, seeds))])
+        batch = _AllAtOnce(
+            [Request(c, s, params.max_new_tokens, i) for i, (c, s) in enumerate(zip(contexts, seeds, strict=True))]
+        )
         self._run(batch, params)  # contexts are validated there, all at once: errors name their index
         return batch.out  # type: ignore[return-value]
 
@@ -192,7 +194,9 @@ class HFEngine(Engine):
                         n_seq += len(new)
                     # a join costs one prefill forward, whatever its size: gather a few requests unless the batch is
                     # small or they have waited ``admit_wait`` steps (a request then waits at most that long)
-                    ready = waiting and (live is None or len(waiting) * 8 >= len(live.reqs) or waited >= self.admit_wait)
+                    ready = waiting and (
+                        live is None or len(waiting) * 8 >= len(live.reqs) or waited >= self.admit_wait
+                    )
                     admit = self._admit(live, waiting) if ready else []
                     waited = waited + 1 if waiting and not admit else 0
                     if admit:
@@ -216,7 +220,9 @@ class HFEngine(Engine):
                             reason = "eos"
                         elif stop_strs[r] is not None:
                             reason, stop_str = "stop", stop_strs[r]
-                        if reason is None and (len(g) >= req.max_new_tokens or len(req.context) + len(g) >= self.max_model_len):
+                        if reason is None and (
+                            len(g) >= req.max_new_tokens or len(req.context) + len(g) >= self.max_model_len
+                        ):
                             reason = "length"
                         if reason is not None:
                             done.append((r, Generation(g, live.lps[r], reason, stop_str)))
@@ -280,7 +286,7 @@ class HFEngine(Engine):
         # 1. prefix lookup (keep ≥ 1 suffix token: its logits give the first sampled token)
         hits = [self.cache.lookup(a, len(a) - 1) if self.cache is not None else (0, None) for a in arrays]
         plen = [h[0] for h in hits]
-        suffixes = [c[p:] for c, p in zip(ctxs, plen)]
+        suffixes = [c[p:] for c, p in zip(ctxs, plen, strict=True)]
         S = max(len(s) for s in suffixes)
         self._stats.prefill_tokens += sum(len(s) for s in suffixes)
         self._stats.cached_tokens += sum(plen) + sum(len(r.context) for r in order[U:])
@@ -293,7 +299,7 @@ class HFEngine(Engine):
         ids = torch.full((U, S), self.pad_id, dtype=torch.long)  # [U, S]
         pos = torch.zeros((U, S), dtype=torch.long)  # [U, S]
         mask = torch.zeros((U, W), dtype=torch.long)  # [U, W]
-        for b, (s, p) in enumerate(zip(suffixes, plen)):
+        for b, (s, p) in enumerate(zip(suffixes, plen, strict=True)):
             ids[b, S - len(s):] = torch.tensor(s)
             pos[b, S - len(s):] = torch.arange(p, p + len(s))
             mask[b, W - lens[b]:] = 1
@@ -308,13 +314,15 @@ class HFEngine(Engine):
                 slab.put_prefix(view, b, e.keys, e.values, p, end=len(suffixes[b]))
         ids, pos, mask = ids.to(self.device), pos.to(self.device), mask.to(self.device)
         logits = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, **{self._cache_kw: view}, use_cache=True, logits_to_keep=1
+            input_ids=ids, attention_mask=mask, position_ids=pos, **{self._cache_kw: view}, use_cache=True,
+            logits_to_keep=1,
         ).logits[:, -1]  # [U, V]
         next_pos = pos[:, -1] + 1  # [U]
         if B > U:  # copies of the distinct rows
             slab.copy_rows(src[U:], list(range(U, B)), W)
             idx = torch.tensor(src, device=mask.device)  # [B]
-            mask, next_pos, logits = mask.index_select(0, idx), next_pos.index_select(0, idx), logits.index_select(0, idx)
+            mask, next_pos = mask.index_select(0, idx), next_pos.index_select(0, idx)
+            logits = logits.index_select(0, idx)
         slab.commit(B)
         seeds = torch.tensor([r.seed for r in order], dtype=torch.int64)
         if live is None:
@@ -322,7 +330,8 @@ class HFEngine(Engine):
                          next_pos=next_pos, seeds=seeds, logits=logits)
         pad = torch.nn.functional.pad
         live.mask = torch.cat([pad(live.mask, (grew, 0)), pad(mask, (slab.width - mask.shape[1], 0))])  # [B', W]
-        live.reqs, live.gen, live.lps = live.reqs + order, live.gen + [[] for _ in order], live.lps + [[] for _ in order]
+        live.reqs = live.reqs + order
+        live.gen, live.lps = live.gen + [[] for _ in order], live.lps + [[] for _ in order]
         live.next_pos = torch.cat([live.next_pos, next_pos])
         live.seeds = torch.cat([live.seeds, seeds])
         live.logits = torch.cat([live.logits, logits])
@@ -349,7 +358,8 @@ class HFEngine(Engine):
         by_len = sorted(range(len(uniq)), key=lambda i: -len(uniq[i].context))
         rank = {old: new for new, old in enumerate(by_len)}
         repeats.sort(key=lambda x: -len(x[0].context))
-        return [uniq[i] for i in by_len] + [r for r, _ in repeats], list(range(len(uniq))) + [rank[i] for _, i in repeats]
+        ordered = [uniq[i] for i in by_len] + [r for r, _ in repeats]
+        return ordered, list(range(len(uniq))) + [rank[i] for _, i in repeats]
 
     def _new_slab(self, rows: int, width: int) -> SlabCache:
         """An empty slab for ``rows`` sequences of ``width`` columns, shaped from the model config."""
@@ -399,12 +409,12 @@ class _Live:
     seeds: torch.Tensor  # [B] int64
     logits: torch.Tensor  # [B, V]: logits for the next sample
     tok: torch.Tensor | None = None  # [B]: the last sampled tokens (fed at the next forward)
-    groups: Groups | None | Literal["stale"] = "stale"  # decode attention's row groups (plan_groups); "stale": replan
+    groups: Groups | Literal["stale"] | None = "stale"  # decode attention's row groups (plan_groups); "stale": replan
 
 
 def _room(live: _Live) -> int:
     """Columns the batch may still append: the largest remaining token budget of a row."""
-    return max(r.max_new_tokens - len(g) for r, g in zip(live.reqs, live.gen)) + 1
+    return max(r.max_new_tokens - len(g) for r, g in zip(live.reqs, live.gen, strict=True)) + 1
 
 
 def _drop(live: _Live, rows: set[int]) -> _Live | None:

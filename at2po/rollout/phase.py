@@ -83,7 +83,9 @@ class PhaseRunner:
 
     def _budget(self, b: Branch) -> int:
         used = len(b.context) - len(self.trees[b.tree].prompt_ids)
-        return min(self.cfg.max_turn_tokens, self.cfg.max_response_tokens - used, self.engine.max_model_len - len(b.context))
+        return min(
+            self.cfg.max_turn_tokens, self.cfg.max_response_tokens - used, self.engine.max_model_len - len(b.context)
+        )
 
     def _params(self, max_new_tokens: int) -> SamplingParams:
         """The rollout's sampling settings (temperature, top-k/p, the env's stops) with this token budget."""
@@ -103,7 +105,7 @@ class PhaseRunner:
             gens.extend(self.engine.generate([b.context for b in chunk], params, seeds[lo : lo + len(chunk)]))
         # One call serves branches with different remaining budgets: cut each to its own (sampling is causal,
         # so the kept tokens and log-probs are exactly those a shorter call would have produced).
-        return [cut(g, self._budget(b)) for b, g in zip(branches, gens)]
+        return [cut(g, self._budget(b)) for b, g in zip(branches, gens, strict=True)]
 
     def _phase(self, branches: list[Branch]) -> list[Branch]:
         t0 = time.perf_counter()
@@ -134,7 +136,7 @@ class PhaseRunner:
     def _record(self, branches: list[Branch], gens: list[Generation], phase: int | None) -> list[_Call]:
         """Add each sampled turn to its tree and classify it; returns the turns that continue after a tool step."""
         calls: list[_Call] = []
-        for b, g in zip(branches, gens):
+        for b, g in zip(branches, gens, strict=True):
             tree = self.trees[b.tree]
             text = self.tokenizer.decode(g.token_ids, skip_special_tokens=False)
             n = tree.add_node(
@@ -174,7 +176,7 @@ class PhaseRunner:
     def _open_after_tools(self, calls: list[_Call], results: list[ToolResult]) -> list[Branch]:
         """Append each observation and open the next turn (or end the path when no room is left)."""
         out: list[Branch] = []
-        for (b, n, ctx, parsed), res in zip(calls, results):
+        for (b, n, ctx, parsed), res in zip(calls, results, strict=True):
             tree = self.trees[b.tree]
             node = tree.nodes[n]
             if parsed.kind == TurnKind.TOOL_CALL:
@@ -187,7 +189,9 @@ class PhaseRunner:
                 node.end = TurnEnd.TRUNCATED  # no room left for another turn after this observation
                 node.info["truncated"] = "after_observation"
                 continue
-            out.append(Branch(b.tree, n, obs_ids, res.observation, node.group, nxt, turn_seed(b.seed, 0), round=b.round))
+            out.append(
+                Branch(b.tree, n, obs_ids, res.observation, node.group, nxt, turn_seed(b.seed, 0), round=b.round)
+            )
         return out
 
     # --- tools --------------------------------------------------------------------------------------
@@ -208,7 +212,7 @@ class PhaseRunner:
         pool = ThreadPoolExecutor(self.cfg.tool_workers, thread_name_prefix="at2po-tool")
         futures = [pool.submit(self.env.run_tools, [c]) if c.kind == TurnKind.TOOL_CALL else None for c in calls]
         out: list[ToolResult] = []
-        for c, fut in zip(calls, futures):
+        for c, fut in zip(calls, futures, strict=True):
             if fut is None:  # corrective observations need no tool
                 out.append(ToolResult(observation=c.message or self.env.failure_observation(c, "error"), ok=True))
                 continue

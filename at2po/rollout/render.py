@@ -119,7 +119,9 @@ def render_png(tree: TurnTree, path: str | Path, title: str | None = None, dpi: 
         if nd.obs_ids:
             ax.text((x[nd.parent] + x[i]) / 2, (y[nd.parent] + y[i]) / 2, f"obs {len(nd.obs_ids)}",
                     fontsize=6, color="0.4", ha="center", va="center")
-    markers = {TurnEnd.TOOL_CALL: "s", TurnEnd.ANSWER: "o", TurnEnd.TRUNCATED: "^", TurnEnd.ERROR: "X", TurnEnd.NONE: "o"}
+    markers = {
+        TurnEnd.TOOL_CALL: "s", TurnEnd.ANSWER: "o", TurnEnd.TRUNCATED: "^", TurnEnd.ERROR: "X", TurnEnd.NONE: "o"
+    }
     nonroot = np.arange(1, len(tree.nodes))
     vmin, vmax = (float(h[1:].min()), float(h[1:].max())) if len(nonroot) else (0.0, 1.0)
     sc: Any = None
@@ -148,7 +150,9 @@ def render_png(tree: TurnTree, path: str | Path, title: str | None = None, dpi: 
         ax.set_xlim(float(x.min()) - 0.6, float(x.max()) + 1.2)
     if sc is not None:
         fig.colorbar(sc, ax=ax, label="turn entropy H(n)", fraction=0.03, pad=0.02)
-    handles = [Line2D([], [], marker=m, ls="", color="0.5", label=e.value) for e, m in markers.items() if e != TurnEnd.NONE]
+    handles = [
+        Line2D([], [], marker=m, ls="", color="0.5", label=e.value) for e, m in markers.items() if e != TurnEnd.NONE
+    ]
     handles.append(Line2D([], [], ls="--", color="magenta", label="forked branch"))
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), fontsize=7, ncol=5, frameon=False)
     ex = tree.meta.get("example")

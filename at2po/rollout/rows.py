@@ -38,7 +38,8 @@ def flatten_tree(tree: TurnTree, tree_index: int = 0) -> list[Row]:
             node = tree.nodes[n]
             if len(node.gen_logprobs) != len(node.gen_ids):
                 raise ValueError(
-                    f"tree {tree_index} node {n}: {len(node.gen_ids)} generated ids but {len(node.gen_logprobs)} log-probs"
+                    f"tree {tree_index} node {n}: {len(node.gen_ids)} generated ids but "
+                    f"{len(node.gen_logprobs)} log-probs"
                 )
             no, ng = len(node.obs_ids), len(node.gen_ids)
             ids += node.obs_ids + node.gen_ids

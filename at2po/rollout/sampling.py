@@ -53,7 +53,12 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 
 
 def sample(
-    logits: torch.Tensor, seeds: torch.Tensor, step: int | torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0
+    logits: torch.Tensor,
+    seeds: torch.Tensor,
+    step: int | torch.Tensor,
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row and return (tokens [B], log-probs [B]).
 

@@ -138,7 +138,7 @@ class SlabCache(Cache):
         slab = cls(len(block.layers), h, d, k0.dtype, k0.device, rows_cap=max(rows_cap, b), width_cap=w + right)
         slab.reserve(b, w, right)
         view = slab.block(b, w, filled=0)
-        for src, lay in zip(block.layers, view.layers):
+        for src, lay in zip(block.layers, view.layers, strict=True):
             lay.update(src.keys, src.values)
         slab.commit(b)
         return slab
@@ -171,7 +171,7 @@ class SlabCache(Cache):
                    end: int) -> None:
         """Write the first ``p`` key/values of one sequence (per layer [H_kv, ≥ p, D]) into row ``row`` of a block
         ``view``, ending ``end`` columns before ``hi`` (right before the row's own suffix)."""
-        for lay, k, v in zip(view.layers, keys, values):
+        for lay, k, v in zip(view.layers, keys, values, strict=True):
             r, e = lay.r0 + row, lay.slab.hi - end
             lay.slab.kbuf[r, :, e - p : e] = k[:, :p]
             lay.slab.vbuf[r, :, e - p : e] = v[:, :p]
@@ -198,7 +198,7 @@ class SlabCache(Cache):
         holes = [r for r in sorted(dead_set) if r < n]
         movers = [r for r in range(n, self.rows) if r not in dead_set]
         order = list(range(n))
-        for h, m in zip(holes, movers):
+        for h, m in zip(holes, movers, strict=True):
             order[h] = m
         if holes:
             hi_t, mv_t = torch.tensor(holes), torch.tensor(movers)

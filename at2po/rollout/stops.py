@@ -3,8 +3,9 @@ complete a stop string.
 
 A stop string may straddle tokens (``</search>`` split as ``</`` + ``search>``), so the check decodes the last few
 tokens of a row and looks for the string in that text. Decoding every row's tail at every step is a tokenizer
-call per row per step (~1 % of a rollout of the 0.9M-parameter benchmark policy); but a stop string that newly appears in the tail ends with a character the newest token added, so only
-tokens whose own text can carry that last character need the check (:func:`stop_candidates`):
+call per row per step (~1 % of a rollout of the 0.9M-parameter benchmark policy); but a stop string that newly
+appears in the tail ends with a character the newest token added, so only tokens whose own text can carry that last
+character need the check (:func:`stop_candidates`):
 
 * its decoded text contains the last character of some stop string (``>`` for ``</search>``);
 * or it decodes to ``\\ufffd`` (part of a multi-byte character: in context it may complete any character);
@@ -56,6 +57,6 @@ class StopChecker:
             return out
         toks = tok.tolist()
         tails = [list(gens[r][-(self.window - 1):]) + [toks[r]] for r in rows]
-        for r, text in zip(rows, self.tokenizer.batch_decode(tails)):
+        for r, text in zip(rows, self.tokenizer.batch_decode(tails), strict=True):
             out[r] = next((s for s in self.stops if s in text), None)
         return out

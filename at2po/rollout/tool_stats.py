@@ -73,7 +73,7 @@ def tool_metrics(events: list[ToolEvent], prefix: str = "tool/") -> dict[str, fl
         out[f"{prefix}{name}/calls"] = float(sel.sum())
         out[f"{prefix}{name}/failure_rate"] = float(np.isin(status[sel], ("error", "timeout")).mean())
         q = np.percentile(lat[sel], PERCENTILES)
-        for p, v in zip(PERCENTILES, q):
+        for p, v in zip(PERCENTILES, q, strict=True):
             out[f"{prefix}{name}/latency_p{p}_s"] = float(v)
         out[f"{prefix}{name}/latency_max_s"] = float(lat[sel].max())
     for flag in sorted({f for e in events for f in e.flags}):

@@ -116,7 +116,9 @@ class VLLMEngine(Engine):
         )
         if cfg.max_model_len is not None:
             kwargs["max_model_len"] = cfg.max_model_len
-        chunked = cfg.enable_chunked_prefill if cfg.enable_chunked_prefill is not None else (False if self.is_cpu else None)
+        chunked = cfg.enable_chunked_prefill
+        if chunked is None:
+            chunked = False if self.is_cpu else None
         if chunked is not None:
             kwargs["enable_chunked_prefill"] = chunked
         if cfg.max_num_batched_tokens is not None:
@@ -201,7 +203,7 @@ class VLLMEngine(Engine):
         seeds = sequence_seeds(len(ctxs), params, seeds, "VLLMEngine")
         sps = [self._vsp(params, seeds[i], params.max_new_tokens, len(c)) for i, c in enumerate(ctxs)]
         outs = self.llm.generate([{"prompt_token_ids": c} for c in ctxs], sampling_params=sps, use_tqdm=False)
-        gens = [self._generation(c, ro) for c, ro in zip(ctxs, outs)]
+        gens = [self._generation(c, ro) for c, ro in zip(ctxs, outs, strict=True)]
         self._stats.calls += 1
         self._stats.sequences += len(ctxs)
         self._stats.wall_s += time.perf_counter() - t0
@@ -278,7 +280,7 @@ class VLLMEngine(Engine):
         co = ro.outputs[0]
         ids = list(co.token_ids)
         # logprobs: one {token_id: Logprob} dict per generated token; the sampled token is always in it
-        lps = [float(d[t].logprob) for t, d in zip(ids, co.logprobs or [])]
+        lps = [float(d[t].logprob) for t, d in zip(ids, co.logprobs or [], strict=False)]
         if len(lps) != len(ids):
             raise RuntimeError(f"VLLMEngine: got {len(lps)} log-probs for {len(ids)} tokens")
         reason: FinishReason
@@ -311,6 +313,6 @@ class VLLMEngine(Engine):
 
 def _unwrap(model: Any) -> Any:
     """The bare HF model behind accelerate/DDP wrappers (``.module``)."""
-    while hasattr(model, "module") and isinstance(getattr(model, "module"), torch.nn.Module):
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
         model = model.module
     return model

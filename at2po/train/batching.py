@@ -32,7 +32,7 @@ class Batch:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
-    def select(self, idx: Sequence[int] | torch.Tensor) -> "Batch":
+    def select(self, idx: Sequence[int] | torch.Tensor) -> Batch:
         """Rows ``idx``, trimmed to their longest real length (keeps micro-batches small)."""
         idx_t = torch.as_tensor(list(idx) if not isinstance(idx, torch.Tensor) else idx, dtype=torch.long)
         t = int(self.attention_mask[idx_t].sum(-1).max().item()) if len(idx_t) else 0
@@ -42,7 +42,7 @@ class Batch:
             out[f.name] = None if v is None else v[idx_t, :t]
         return Batch(**out)
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         return Batch(**{f.name: (None if (v := getattr(self, f.name)) is None else v.to(device)) for f in fields(self)})
 
 

@@ -54,7 +54,8 @@ class _ChunkedLinearLogProbs(torch.autograd.Function):
                 lps.append(lp)
                 ents.append(ent if ent is not None else lp.new_zeros(0))
         ctx.save_for_backward(h, weight, bias if bias is not None else torch.empty(0), y)
-        ctx.has_bias, ctx.temperature, ctx.chunk, ctx.dt, ctx.want_entropy = bias is not None, temperature, chunk, dt, want_entropy
+        ctx.has_bias, ctx.temperature, ctx.chunk, ctx.dt = bias is not None, temperature, chunk, dt
+        ctx.want_entropy = want_entropy
         lp = torch.cat(lps) if lps else h.new_zeros(0, dtype=torch.float32)
         ent = torch.cat(ents) if want_entropy and ents else lp.new_zeros(0)
         return lp, ent
@@ -64,7 +65,8 @@ class _ChunkedLinearLogProbs(torch.autograd.Function):
         h, weight, bias, y = ctx.saved_tensors
         bias = bias if ctx.has_bias else None
         dt, tau, chunk = ctx.dt, ctx.temperature, ctx.chunk
-        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = ctx.has_bias and ctx.needs_input_grad[2]
         w = weight.to(dt)
         gh = torch.empty_like(h) if need_h else None
         gw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
@@ -113,7 +115,9 @@ def chunked_log_probs(
         raise ValueError(f"chunked_log_probs: chunk must be ≥ 1, got {chunk}")
     temperature = temperature if temperature > 0 else 1.0  # τ = 0 (greedy) scores under τ = 1, as the sampler does
     if type(head) is torch.nn.Linear:
-        lp, ent = _ChunkedLinearLogProbs.apply(hidden, head.weight, head.bias, targets, temperature, chunk, with_entropy)
+        lp, ent = _ChunkedLinearLogProbs.apply(
+            hidden, head.weight, head.bias, targets, temperature, chunk, with_entropy
+        )
         return lp, (ent if with_entropy else None)
 
     def one(h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,8 @@ _HOW = {
     "--out wiki` or `at2po prepare --src FLASHRAG_DIR --out DATA_DIR`",
     "index": "build one with `at2po index --corpus CORPUS.jsonl --out OUT_DIR` (make-world / make-wiki also write "
     "one in OUT/index), or give an http(s):// retriever URL (`at2po serve-retriever`)",
-    "sft": "demonstrations come from the synthetic world's expert: `at2po make-world --out world` writes world/sft.jsonl",
+    "sft": "demonstrations come from the synthetic world's expert: `at2po make-world --out world` writes "
+    "world/sft.jsonl",
 }
 
 
@@ -46,7 +47,7 @@ def check_paths(cfg: RunConfig, need: tuple[str, ...]) -> None:
         p = Path(value)
         ok = (p / "config.json").is_file() if key == "model" else (p.is_dir() if key == "index" else p.is_file())
         if not ok:
-            what = "a model directory with config.json" if key == "model" else ("an index directory" if key == "index" else "a file")
+            what = {"model": "a model directory with config.json", "index": "an index directory"}.get(key, "a file")
             problems.append(f"{name}={value!r} is not {what}: {_HOW[key]}")
     if problems:
         raise MissingPathError("missing inputs:\n  " + "\n  ".join(problems))
@@ -55,8 +56,13 @@ def check_paths(cfg: RunConfig, need: tuple[str, ...]) -> None:
 def load_tokenizer(path: str | Path) -> Any:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path))
-    if tok.pad_token_id is None:  # right padding needs an id; masked positions never reach the loss
+    return ensure_pad(AutoTokenizer.from_pretrained(str(path)))
+
+
+def ensure_pad(tok: Any) -> Any:
+    """``tok`` with a pad token (its eos when it has none): right padding needs an id, and padded positions never
+    reach the loss. Applied to every tokenizer a run uses, loaded or given."""
+    if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
 
@@ -101,7 +107,8 @@ def load_policy(
                 target_modules=list(mcfg.lora_target_modules), task_type="CAUSAL_LM",
             )
             model = get_peft_model(model, lcfg)
-    elif adapter and trainable and hasattr(model, "peft_config"):  # a peft object given again on resume: its adapter weights from the checkpoint
+    elif adapter and trainable and hasattr(model, "peft_config"):
+        # a peft object given again on resume: its adapter weights from the checkpoint
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
@@ -199,7 +206,9 @@ def resolve_examples(data: Any, env: Any, limit: int | None, name: str) -> list[
     except TypeError:
         raise ConfigError(f"{name}: expected a path, a list or a dataset of rows, got {type(data).__name__}") from None
     convert = getattr(env, "example_from_row", None)
-    return [convert(r, f"{name}[{i}]") if convert is not None and isinstance(r, Mapping) else r for i, r in enumerate(rows)]
+    if convert is None:
+        return rows
+    return [convert(r, f"{name}[{i}]") if isinstance(r, Mapping) else r for i, r in enumerate(rows)]
 
 
 @dataclass

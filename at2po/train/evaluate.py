@@ -3,8 +3,9 @@ the env's metrics (search env: EM / F1 / format rate / tool calls) and turns, as
 Used by ``at2po eval`` and every ``eval.every`` steps.
 
 Metrics per trajectory come from the env (``env.metrics``: em, f1, format_ok, tool_calls — EM does not require
-the format, as in the paper); ``reward`` is the training reward. With ``eval.n = k > 1`` samples per question, ``em`` is the mean over samples
-(pass@1 estimate) and ``pass@k`` the fraction of questions with at least one exact match.
+the format, as in the paper); ``reward`` is the training reward. With ``eval.n = k > 1`` samples per question,
+``em`` is the mean over samples (pass@1 estimate) and ``pass@k`` the fraction of questions with at least one exact
+match.
 
 Every tool call is accounted (``at2po.rollout.tool_stats``): ``tool_error_rate`` / ``tool_timeout_rate`` per
 source and overall (table and JSON), and ``report["tools"]`` with counts, rates and per-tool latency percentiles,
@@ -114,7 +115,9 @@ def evaluate(
         res = rollout(engine, env, mine[i : i + bs], rcfg.model_copy(update={"seed": seed + i}))
         score_trees(res.trees, env, engine.tokenizer, reward_fn)
         records.extend(_records(res.trees, env))
-        calls.extend((_field(t.meta["example"], "data_source", "default"), e) for t in res.trees for e in tool_events([t]))
+        calls.extend(
+            (_field(t.meta["example"], "data_source", "default"), e) for t in res.trees for e in tool_events([t])
+        )
     engine.clear_cache()
     if hasattr(engine, "model"):
         engine.model.train(was_training)

@@ -82,7 +82,7 @@ def collect(
         n_rolled += len(trees)
         equal = [bool(np.ptp(leaf_rewards(t)) == 0) if t.leaves() else True for t in trees]
         n_equal += sum(equal)
-        kept.extend(t for t, e in zip(trees, equal) if not (cfg.train.dynamic_sampling and e))
+        kept.extend(t for t, e in zip(trees, equal, strict=True) if not (cfg.train.dynamic_sampling and e))
         if len(kept) >= n_prompts:
             break
     metrics = {f"rollout/{k}": v for k, v in totals.items()}

@@ -123,7 +123,9 @@ def _head_log_probs(
         with lm_head_input(model) as box:
             run(model)
         hidden = box["hidden"].reshape(-1, box["hidden"].shape[-1])  # [N, d]
-        return chunked_log_probs(hidden.index_select(0, prev), _check_head(model), targets, temperature, chunk, with_entropy)
+        return chunked_log_probs(
+            hidden.index_select(0, prev), _check_head(model), targets, temperature, chunk, with_entropy
+        )
     logits = run(model).logits
     z = logits.reshape(-1, logits.shape[-1]).index_select(0, prev).float()  # [M, V]
     if temperature > 0 and temperature != 1.0:
@@ -168,9 +170,8 @@ def scored_log_probs(
         def run(m: torch.nn.Module) -> Any:
             return m(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
 
-        lp_sel, ent_sel = _head_log_probs(
-            model, run, flat_prev, input_ids.reshape(-1).index_select(0, flat_cur), temperature, spec.chunk_tokens, with_entropy
-        )
+        targets = input_ids.reshape(-1).index_select(0, flat_cur)
+        lp_sel, ent_sel = _head_log_probs(model, run, flat_prev, targets, temperature, spec.chunk_tokens, with_entropy)
         lp = lp_sel.new_zeros(B * T).index_copy(0, flat_cur, lp_sel).view(B, T)
         ent = ent_sel.new_zeros(B * T).index_copy(0, flat_cur, ent_sel).view(B, T) if ent_sel is not None else None
         return ScoredLogProbs(lp, ent, B * T)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from at2po.train.logging import read_metrics
 
-DEFAULT_METRICS: tuple[str, ...] = ("rollout/reward_mean", "rollout/em", "eval/em", "actor/entropy", "rollout/generated_tokens")
+DEFAULT_METRICS: tuple[str, ...] = (
+    "rollout/reward_mean", "rollout/em", "eval/em", "actor/entropy", "rollout/generated_tokens"
+)
 
 
 def metric_series(records: list[dict], key: str, x_key: str) -> tuple[list[float], list[float]]:
@@ -49,7 +51,7 @@ def plot_runs(
     cols = min(3, len(shown))
     rows = math.ceil(len(shown) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
-    for ax, m in zip(axes.flat, shown):
+    for ax, m in zip(axes.flat, shown, strict=False):
         for label, recs in data:
             xs, ys = metric_series(recs, m, x)
             if xs:

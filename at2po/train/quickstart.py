@@ -21,7 +21,7 @@ from typing import Any
 
 from at2po.config import RunConfig, load_config
 
-# Sized for 2 CPU cores: see docs/sections/training.md for the measured time and before/after numbers.
+# Sized for 2 CPU cores: see BENCHMARKS.md (Quickstart) for the measured time and before/after numbers.
 # The demos' observations use the same top-k and budget as the env below, so SFT sees what rollouts see.
 WORLD_KNOBS: dict[str, Any] = {
     "n_train": 400, "n_test": 60, "hops": (0.0, 0.35, 0.35, 0.3), "n_people": 300, "n_companies": 60,

@@ -51,7 +51,7 @@ def read_demos(path: str | Path, limit: int | None = None) -> list[dict[str, Any
         except json.JSONDecodeError as exc:
             raise DemoError(f"{p}:{lineno}: invalid JSON ({exc.msg})") from None
         turns = d.get("turns") if isinstance(d, dict) else None
-        if not isinstance(d, dict) or not isinstance(d.get("question"), str) or not isinstance(turns, list) or not turns:
+        if not (isinstance(d, dict) and isinstance(d.get("question"), str) and isinstance(turns, list) and turns):
             raise DemoError(f"{p}:{lineno}: expected {{question, golden_answers, turns: [{{text, observation}}]}}")
         for j, t in enumerate(turns):
             if not isinstance(t, dict) or not isinstance(t.get("text"), str):
@@ -69,7 +69,7 @@ def check_demos(demos: Any, where: str = "demos") -> list[dict[str, Any]]:
     out = []
     for i, d in enumerate(demos):
         turns = d.get("turns") if isinstance(d, dict) else None
-        if not isinstance(d, dict) or not isinstance(d.get("question"), str) or not isinstance(turns, list) or not turns:
+        if not (isinstance(d, dict) and isinstance(d.get("question"), str) and isinstance(turns, list) and turns):
             raise DemoError(f"{where}[{i}]: expected {{question, turns: [{{text, observation}}], ...}}")
         for j, t in enumerate(turns):
             if not isinstance(t, dict) or not isinstance(t.get("text"), str):
@@ -120,7 +120,7 @@ def sft(
     from at2po.agent.search_env import SearchEnv
     from at2po.rollout.rows import flatten
     from at2po.train.checkpoint import export_final
-    from at2po.train.components import check_paths, load_policy, load_tokenizer
+    from at2po.train.components import check_paths, ensure_pad, load_policy, load_tokenizer
     from at2po.train.logging import RunLogger
     from at2po.train.trainer import make_accelerator
 
@@ -128,7 +128,7 @@ def sft(
     out = Path(out_dir or cfg.sft.output_dir or Path(cfg.train.output_dir) / "sft")
     acc = make_accelerator(cfg.train.precision)
     set_seed(cfg.train.seed)
-    tokenizer = getattr(env, "tokenizer", None) or load_tokenizer(cfg.model.tokenizer or cfg.model.path)
+    tokenizer = ensure_pad(getattr(env, "tokenizer", None) or load_tokenizer(cfg.model.tokenizer or cfg.model.path))
     # Only prompt and observation formatting are used here, so no retriever is needed.
     env = env if env is not None else SearchEnv(tokenizer, None, cfg.env)
     if demos is None:
@@ -159,7 +159,9 @@ def sft(
                 sub = batch.select(g).to(acc.device)  # demonstrations share the instruction prompt: packed once
                 with backward_scope(model, spec):
                     with acc.autocast():
-                        lp = scored_log_probs(model, sub.input_ids, sub.attention_mask, sub.response_mask, spec=spec).log_prob
+                        lp = scored_log_probs(
+                            model, sub.input_ids, sub.attention_mask, sub.response_mask, spec=spec
+                        ).log_prob
                     nll = -(lp.float() * sub.response_mask).sum() / max(n_tok, 1.0)  # token-mean over the batch
                     acc.backward(nll)
                 total += float(nll.detach())

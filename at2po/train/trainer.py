@@ -34,6 +34,7 @@ from at2po.train.components import (
     build_engine,
     build_env,
     check_paths,
+    ensure_pad,
     load_policy,
     load_tokenizer,
     resolve_examples,
@@ -111,10 +112,14 @@ def train(
                               f"{acc.num_processes} processes")
     last = ckpt.latest_checkpoint(cfg.train.output_dir) if resume else None
     # a bad row fails here, before any model
-    train_set = resolve_examples(train_dataset if train_dataset is not None else cfg.data.train, env,
-                                 cfg.data.max_train_examples, "train_dataset" if train_dataset is not None else "data.train")
-    test_set = resolve_examples(eval_dataset if eval_dataset is not None else cfg.data.test, env,
-                                cfg.data.max_test_examples, "eval_dataset" if eval_dataset is not None else "data.test")
+    if train_dataset is not None:
+        train_set = resolve_examples(train_dataset, env, cfg.data.max_train_examples, "train_dataset")
+    else:
+        train_set = resolve_examples(cfg.data.train, env, cfg.data.max_train_examples, "data.train")
+    if eval_dataset is not None:
+        test_set = resolve_examples(eval_dataset, env, cfg.data.max_test_examples, "eval_dataset")
+    else:
+        test_set = resolve_examples(cfg.data.test, env, cfg.data.max_test_examples, "data.test")
     if not train_set:
         raise ConfigError("train_dataset is empty" if train_dataset is not None else
                           f"data.train={cfg.data.train!r} has no examples")
@@ -127,6 +132,7 @@ def train(
         if not source:
             raise ConfigError("no tokenizer: pass tokenizer=..., or set model.tokenizer / model.path")
         tokenizer = load_tokenizer(source)
+    ensure_pad(tokenizer)
     own_env = env is None
     env = build_env(cfg, tokenizer) if own_env else env
     parts = _Parts(model, reward_fn, list(callbacks))
@@ -279,7 +285,7 @@ def _train(
             dropped_all = int(sum(_gather(acc, [dropped])))  # the guard must see the same count on every process
             metrics["rollout/nonfinite_reward_trees"] = float(dropped)
             if dropped:
-                trees = [t for t, ok in zip(trees, finite) if ok]
+                trees = [t for t, ok in zip(trees, finite, strict=True) if ok]
                 if acc.is_main_process:
                     log.print(f"[red]step {step}: {int(metrics['rollout/nonfinite_rewards'])} leaf rewards are "
                               f"NaN/inf: the updates over their {dropped} trees are skipped[/red]")
@@ -302,15 +308,16 @@ def _train(
                     batch.old_log_prob = batch.sample_log_prob * batch.response_mask
                 else:
                     batch.old_log_prob = compute_log_probs(
-                        model, batch, cfg.train.micro_batch_tokens, cfg.rollout.temperature, acc.device, acc.autocast, spec
+                        model, batch, cfg.train.micro_batch_tokens, cfg.rollout.temperature, acc.device,
+                        acc.autocast, spec,
                     )
                     gap = logprob_mismatch(batch.sample_log_prob, batch.old_log_prob, batch.response_mask)
                     metrics["actor/sampler_logprob_gap"] = float(gap["mean_abs"])
                     metrics["actor/sampler_logprob_gap_max"] = float(gap["max_abs"])
                 if ref_model is not None:
                     batch.ref_log_prob = compute_log_probs(
-                        ref_model, batch, cfg.train.micro_batch_tokens, cfg.rollout.temperature, acc.device, acc.autocast,
-                        spec,
+                        ref_model, batch, cfg.train.micro_batch_tokens, cfg.rollout.temperature, acc.device,
+                        acc.autocast, spec,
                     )
                 if cfg.loss.tis_cap is not None:
                     # w·min(s·A, clip(s)·A) = min(s·wA, clip(s)·wA) for w ≥ 0: TIS is a per-token advantage scale.

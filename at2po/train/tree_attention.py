@@ -51,14 +51,17 @@ class TreeAttentionPlan:
 
     def to(self, device: torch.device | str) -> TreeAttentionPlan:
         groups = [(b.to(device), k.to(device), m.to(device)) for b, k, m in self.groups]
-        return TreeAttentionPlan(self.n_tokens, self.block, self.n_blocks, groups, self.order.to(device), self.recompute)
+        return TreeAttentionPlan(
+            self.n_tokens, self.block, self.n_blocks, groups, self.order.to(device), self.recompute
+        )
 
     def additive_masks(self, dtype: torch.dtype) -> list[torch.Tensor]:
         """The groups' masks as 0 / −inf in ``dtype``, made once per forward and shared by every layer: SDPA turns a
         boolean mask into this form itself, in every layer, and keeps each copy for backward."""
         if dtype not in self._additive:
             self._additive[dtype] = [
-                torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(~m, float("-inf")) for _, _, m in self.groups
+                torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(~m, float("-inf"))
+                for _, _, m in self.groups
             ]
         return self._additive[dtype]
 
@@ -68,7 +71,9 @@ class TreeAttentionPlan:
         return sum(int(k.numel()) * self.block for _, k, _ in self.groups)
 
 
-def plan_tree_attention(pack: TriePack, block: int = 128, group_ratio: float = 0.75, recompute: bool = False) -> TreeAttentionPlan:
+def plan_tree_attention(
+    pack: TriePack, block: int = 128, group_ratio: float = 0.75, recompute: bool = False
+) -> TreeAttentionPlan:
     """Blocks of ``block`` queries and their keys (module docstring). Blocks are sorted by key length and a group
     is cut when a block's key length falls below ``group_ratio`` × the group's longest (bounding padding waste).
     ``recompute``: each group's gathered keys/values (≈ N · (depth/block + 1) entries per layer, more than the
@@ -126,7 +131,9 @@ def tree_sdpa_attention_forward(
     if at2po_tree is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     for unsupported in ("sliding_window", "softcap", "s_aux"):
         if kwargs.get(unsupported) is not None:
             raise ValueError(
@@ -136,7 +143,9 @@ def tree_sdpa_attention_forward(
     _, H, N, D = query.shape
     Hkv = key.shape[1]
     if N != plan.n_tokens or query.shape[0] != 1:
-        raise ValueError(f"tree attention: the plan is for [1, {plan.n_tokens}] tokens, the query is {tuple(query.shape)}")
+        raise ValueError(
+            f"tree attention: the plan is for [1, {plan.n_tokens}] tokens, the query is {tuple(query.shape)}"
+        )
     Bq, nb = plan.block, plan.n_blocks
     q = F.pad(query[0], (0, 0, 0, nb * Bq - N)).view(H, nb, Bq, D).transpose(0, 1)  # [nb, H, Bq, D]
     k, v = key[0], value[0]  # [H_kv, N, D]
@@ -146,7 +155,7 @@ def tree_sdpa_attention_forward(
     if H != Hkv and not gqa:
         k, v = k.repeat_interleave(H // Hkv, 0), v.repeat_interleave(H // Hkv, 0)
     outs = []
-    for (blocks, kidx, _), mask in zip(plan.groups, plan.additive_masks(query.dtype)):
+    for (blocks, kidx, _), mask in zip(plan.groups, plan.additive_masks(query.dtype), strict=True):
         args = (q, k, v, blocks, kidx, mask, dropout, scaling, gqa)
         if plan.recompute and torch.is_grad_enabled():  # keep only q, k, v for backward, not the gathered keys
             outs.append(checkpoint(_group_attention, *args, use_reentrant=False))

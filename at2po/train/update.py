@@ -78,10 +78,14 @@ def forward_spec(tcfg: TrainConfig) -> ForwardSpec:
 def backward_scope(model: torch.nn.Module, spec: ForwardSpec) -> contextlib.AbstractContextManager[None]:
     """The context a micro-batch's forward *and* backward run in: tree attention stays selected through the
     backward, where gradient-checkpointed layers re-run their forward."""
-    return use_tree_attention(model) if spec.packing == "tree" and spec.attention == "blocked" else contextlib.nullcontext()
+    if spec.packing == "tree" and spec.attention == "blocked":
+        return use_tree_attention(model)
+    return contextlib.nullcontext()
 
 
-def plan_micro_batches(batch: Batch, rows: Sequence[int] | np.ndarray, budget_tokens: int, packing: str) -> list[list[int]]:
+def plan_micro_batches(
+    batch: Batch, rows: Sequence[int] | np.ndarray, budget_tokens: int, packing: str
+) -> list[list[int]]:
     """Split ``rows`` of ``batch`` into micro-batches of at most ``budget_tokens`` model tokens each (a row longer
     than the budget is its own): unique trie tokens with ``packing="tree"`` (rows sharing prefixes kept together,
     a split tree recomputes its shared prefix per part), padded rows × longest row with ``"rows"``."""
@@ -110,7 +114,9 @@ def compute_log_probs(
     for mb in plan_micro_batches(batch, range(len(batch)), budget_tokens, spec.packing):
         sub = batch.select(mb).to(device)
         with autocast():
-            lp = scored_log_probs(model, sub.input_ids, sub.attention_mask, sub.response_mask, temperature, spec).log_prob
+            lp = scored_log_probs(
+                model, sub.input_ids, sub.attention_mask, sub.response_mask, temperature, spec
+            ).log_prob
         out[torch.as_tensor(mb), : lp.shape[1]] = lp.float().cpu()
     model.train(was_training)
     return out
@@ -152,7 +158,9 @@ def ppo_update(
         tree_index = np.zeros(0, dtype=np.int64)
     n_chunks = max(1, cfg.train.batch_prompts // cfg.train.mini_batch_prompts)
     token_mean = cfg.loss.agg == "token-mean"
-    entropy_adv = cfg.loss.entropy_adv_weight > 0 and (cfg.loss.entropy_adv_mode == "paper" or cfg.loss.entropy_coef > 0)
+    entropy_adv = cfg.loss.entropy_adv_weight > 0 and (
+        cfg.loss.entropy_adv_mode == "paper" or cfg.loss.entropy_coef > 0
+    )
     spec = forward_spec(cfg.train)
     model.train()
     for _epoch in range(cfg.train.ppo_epochs):

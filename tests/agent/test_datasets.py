@@ -131,6 +131,7 @@ def test_split_and_shuffle_are_deterministic(tmp_path):
     tr1, te1 = split_examples(exs, 0.25, seed=3)
     tr2, te2 = split_examples(exs, 0.25, seed=3)
     assert [e.id for e in te1] == [e.id for e in te2] and len(te1) == 5 and len(tr1) == 15
+    assert [e.id for e in tr1] == [e.id for e in tr2]
     tr_ids, te_ids = {e.id for e in tr1}, {e.id for e in te1}
     assert tr_ids | te_ids == {e.id for e in exs} and not tr_ids & te_ids
     _, te3 = split_examples(exs, 5, seed=4)
@@ -164,7 +165,7 @@ def test_prepare_flashrag_layout(tmp_path):
     assert only.counts == {"train": {"nq": 6}, "test": {"bamboogle": 7}}
     with pytest.raises(DatasetError, match="no dataset folder 'musique'"):
         prepare(src, tmp_path / "out4", test_sources=["musique"])
-    with pytest.raises(DatasetError, match="no train.jsonl"):
+    with pytest.raises(DatasetError, match=r"no train\.jsonl"):
         prepare(src, tmp_path / "out5", train_sources=["bamboogle"])
 
 

@@ -114,7 +114,7 @@ def test_a_user_reward_replaces_exact_match(calc_tok):
 
 
 def test_rows_are_checked_with_their_place(env, tmp_path):
-    with pytest.raises(DatasetError, match="data.jsonl:2: missing or empty 'question'"):
+    with pytest.raises(DatasetError, match=r"data\.jsonl:2: missing or empty 'question'"):
         p = tmp_path / "data.jsonl"
         p.write_text('{"question": "Where is Rome?", "answer": "Italy"}\n{"answer": "x"}\n')
         env.load_examples(str(p))

@@ -76,7 +76,8 @@ def test_bm25_index_finds_the_evidence(wiki):
 
 def test_description_patterns_on_handmade_articles():
     arts = {
-        "Psycho (1960 film)": ("1960 film directed by Alfred Hitchcock", "Psycho is a 1960 film directed by Alfred Hitchcock."),
+        "Psycho (1960 film)": ("1960 film directed by Alfred Hitchcock",
+                               "Psycho is a 1960 film directed by Alfred Hitchcock."),
         "Alfred Hitchcock": ("English filmmaker (1899–1980)", "Sir Alfred Hitchcock was an English filmmaker."),
         "Zed Novel": ("1900 novel by Nobody Known", "Zed Novel is a book."),  # answer not in text: no question
         "Morocco": ("Country in North Africa", "Morocco is a country in North Africa. Its capital is Rabat."),
@@ -124,5 +125,5 @@ def test_two_hop_rows_name_their_bridge(wiki):
 def test_bad_summaries_file_is_named(tmp_path):
     bad = tmp_path / "s.json"
     bad.write_text(json.dumps({"Foo": {"title": "Foo"}}))
-    with pytest.raises(ValueError, match="Foo.*extract"):
+    with pytest.raises(ValueError, match=r"Foo.*extract"):
         load_summaries(bad)

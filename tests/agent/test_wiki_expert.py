@@ -24,7 +24,8 @@ def _rows(path: Path) -> list[dict]:
 
 @pytest.fixture()
 def env(wiki):
-    e = SearchEnv(byte_tokenizer(), load_retriever(wiki.index), EnvConfig(topk=2, max_obs_tokens=1024, max_tool_calls=3))  # 1024 bytes ≈ 256 BPE tokens
+    cfg = EnvConfig(topk=2, max_obs_tokens=1024, max_tool_calls=3)  # 1024 bytes ≈ 256 BPE tokens
+    e = SearchEnv(byte_tokenizer(), load_retriever(wiki.index), cfg)
     yield e
     e.close()
 
@@ -55,7 +56,7 @@ def test_two_hop_demonstrations_search_the_bridge_second(wiki, env):
     rows = [r for r in _rows(wiki.train) if r["hops"] == 2]
     expert = WikiExpert(env)
     demos = [expert.solve_row(r) for r in rows[:30]]
-    solved = [(r, d) for r, d in zip(rows, demos) if d.prediction is not None]
+    solved = [(r, d) for r, d in zip(rows[:30], demos, strict=True) if d.prediction is not None]
     assert len(solved) >= 25
     for r, d in solved:
         queries = [env.parse_turn(t["text"]).query for t in d.turns[:-1]]

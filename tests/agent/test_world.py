@@ -183,7 +183,8 @@ def test_cli_make_world(tmp_path):
     from at2po.cli import app
 
     args = ["make-world", "--out", str(tmp_path), "--seed", "4", "--countries", "4", "--cities", "12", "--people", "40",
-            "--companies", "12", "--train", "60", "--test", "20", "--sft", "30", "--hops", "1,1,1", "--expert-noise", "0"]
+            "--companies", "12", "--train", "60", "--test", "20", "--sft", "30", "--hops", "1,1,1",
+            "--expert-noise", "0"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert '"solve_rate": 1.0' in res.output

@@ -26,7 +26,7 @@ def _case(seed: int = 0, B: int = 4, T: int = 16):
 def test_entropy_balanced_clip_has_ppos_value_and_a_nonzero_gradient_above_the_bound(seed) -> None:
     lp, old, adv, mask = _case(seed)
     eps = 0.2
-    loss_aepo, m = policy_loss("aepo", lp, old, adv, mask, agg="token-mean", clip_low=eps, clip_high=eps)
+    loss_aepo, _ = policy_loss("aepo", lp, old, adv, mask, agg="token-mean", clip_low=eps, clip_high=eps)
     loss_ppo, _ = policy_loss("token", lp, old, adv, mask, agg="token-mean", clip_low=eps, clip_high=eps)
     torch.testing.assert_close(loss_aepo, loss_ppo, rtol=0, atol=1e-7)  # same value
     (g_aepo,) = torch.autograd.grad(loss_aepo, lp)

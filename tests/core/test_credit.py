@@ -137,7 +137,7 @@ def test_leaf_mean_equals_brute_force(tree) -> None:
     v = node_values(parent, entropy, reward, "leaf_mean")
     leaves = [i for i, ls in enumerate(descendant_leaves(parent)) if ls == [i]]
     r = reward[leaves]
-    rhat = dict(zip(leaves, (r - r.mean()) / (r.std() + 1e-6)))
+    rhat = dict(zip(leaves, (r - r.mean()) / (r.std() + 1e-6), strict=True))
     for i, ls in enumerate(descendant_leaves(parent)):
         expect = np.mean([rhat[j] for j in ls]) if ls else 0.0
         assert v[i] == pytest.approx(expect, abs=1e-9)
@@ -163,7 +163,7 @@ def test_chains_reduce_to_grpo(lengths: list[int], data, value_mode: str, std: s
     arrays, tidx, _ = stack_trees([tree])
     grpo = estimate("grpo", arrays, tidx, std=std).values
     at2po = estimate("at2po", arrays, tidx, value_mode=value_mode, adv_mode="value", std=std).values
-    for traj, leaf in zip(tree.trajectories(), leaves):
+    for traj, leaf in zip(tree.trajectories(), leaves, strict=True):
         np.testing.assert_allclose(at2po[traj], grpo[leaf], atol=1e-9)
 
 

@@ -85,9 +85,9 @@ def test_forest_matches_per_tree(trees, k: int) -> None:
 
 def test_forest_random_mode_stays_in_tree() -> None:
     t = TurnTree.from_arrays(PARENT, ENTROPY, np.where(IS_LEAF, 1.0, np.nan))
-    arrays, tidx, off = stack_trees([t, t, t])
+    arrays, _, off = stack_trees([t, t, t])
     got = select_nodes_forest(arrays.parent, arrays.entropy, arrays.is_leaf, 6, mode="random", rng=0)
-    for row, start in zip(got, off[:-1]):
+    for row, start in zip(got, off[:-1], strict=True):
         local = row - start
         assert set(local.tolist()) == {0, 1, 2, 4}  # 4 candidates, K=6: permutation then repeats
 

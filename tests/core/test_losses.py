@@ -72,7 +72,12 @@ def loss_inputs(draw):
 
 
 @settings(max_examples=60, deadline=None)
-@given(inp=loss_inputs(), name=st.sampled_from(NAMES), agg=st.sampled_from(AGG_MODES), clip=st.sampled_from([None, (0.2, 0.28), (1e-3, 2e-3)]))
+@given(
+    inp=loss_inputs(),
+    name=st.sampled_from(NAMES),
+    agg=st.sampled_from(AGG_MODES),
+    clip=st.sampled_from([None, (0.2, 0.28), (1e-3, 2e-3)]),
+)
 def test_matches_slow_reference_value_and_grad(inp, name, agg, clip) -> None:
     lp, old, adv, mask, turn_ids = inp
     eps_l, eps_h = default_clip(name) if clip is None else clip
@@ -120,7 +125,7 @@ def test_clipping_removes_whole_turn_and_only_that_turn() -> None:
     old[0, :3] -= torch.tensor([0.05, 0.1, 0.15], dtype=torch.float64)
     turns = torch.tensor([[0, 0, 0, 1, 1, 1]])
     adv = torch.ones(1, 6, dtype=torch.float64)
-    loss, g, met = _grads("turn", lp, old, adv, torch.ones(1, 6), turns)
+    _, g, met = _grads("turn", lp, old, adv, torch.ones(1, 6), turns)
     assert torch.all(g[0, :3] == 0.0)
     torch.testing.assert_close(g[0, 3:], torch.full((3,), -1 / 6, dtype=torch.float64))
     assert met["pg_clipfrac"].item() == pytest.approx(0.5)
@@ -246,7 +251,9 @@ def test_kl_estimators_and_penalty_and_entropy_bonus() -> None:
     adv = torch.zeros(1, 2, dtype=torch.float64)
     m = torch.ones(1, 2)
     ent = torch.tensor([[0.3, 0.7]], dtype=torch.float64, requires_grad=True)
-    loss, _ = policy_loss("token", lp, lp, adv, m, ref_log_prob=ref, kl_coef=0.1, kl_estimator="k2", entropy=ent, entropy_coef=0.01)
+    loss, _ = policy_loss(
+        "token", lp, lp, adv, m, ref_log_prob=ref, kl_coef=0.1, kl_estimator="k2", entropy=ent, entropy_coef=0.01
+    )
     assert loss.item() == pytest.approx(0.1 * (0.125 + 0.5) / 2 - 0.01 * 0.5)
     loss.backward()
     torch.testing.assert_close(ent.grad, torch.full((1, 2), -0.005, dtype=torch.float64))

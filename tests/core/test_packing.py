@@ -100,7 +100,8 @@ def test_split_keeps_a_tree_together_and_recomputes_only_its_prefix() -> None:
     # a budget below one tree splits it; each part pays the shared prompt again
     parts = split_rows(ids[2:], lens[2:], budget_tokens=14)
     assert len(parts) == 2
-    assert sum(len(_brute_trie([tree_a[i] for i in p])) for p in parts) == len(_brute_trie(tree_a)) + 10  # the prompt twice
+    # the prompt twice
+    assert sum(len(_brute_trie([tree_a[i] for i in p])) for p in parts) == len(_brute_trie(tree_a)) + 10
 
 
 def test_bad_shapes_are_refused() -> None:

@@ -1,6 +1,6 @@
 """Fault-injection suite: each test breaks one thing on purpose (a process killed mid-write, a full disk, a dead or
 slow retriever, NaN logits or rewards, malformed tool calls, a server under load) and checks what at2po does and
-what is lost. The README's fault table is this suite's summary."""
+what is lost. The fault table of docs/guide/faults.md is this suite's summary."""
 
 from __future__ import annotations
 

@@ -89,8 +89,9 @@ def test_eval_against_a_dead_retriever_without_the_check_says_the_tool_failed(ti
     """The issue's original report: EM 0.000, format 1.000, tool_calls 1.0 and no warning. Now the table has the
     tool columns and a warning says the scores measure a broken tool."""
     out = tmp_path / "eval.json"
-    r = CliRunner().invoke(app, ["eval", "--preset", "at2po", f"model.path={sft_model}", f"data.test={tiny_world['test']}",
-                                 "data.index=http://127.0.0.1:9/", "faults.check_retriever=false",
+    r = CliRunner().invoke(app, ["eval", "--preset", "at2po", f"model.path={sft_model}",
+                                 f"data.test={tiny_world['test']}", "data.index=http://127.0.0.1:9/",
+                                 "faults.check_retriever=false",
                                  "env.retriever_retries=0", "rollout.max_turn_tokens=40", "--out", str(out)])
     assert r.exit_code == 0, r.output
     text = " ".join(r.output.split())

@@ -54,7 +54,9 @@ def test_nan_logits_skip_updates_and_stop_the_run(tiny_world, sft_model, tmp_pat
     _assert_untouched(seen)
 
 
-def test_nan_rewards_are_counted_and_their_updates_skipped(tiny_world, sft_model, tmp_path, monkeypatch, capsys) -> None:
+def test_nan_rewards_are_counted_and_their_updates_skipped(
+    tiny_world, sft_model, tmp_path, monkeypatch, capsys
+) -> None:
     real_build_env = trainer_mod.build_env
 
     def broken_reward_env(cfg, tokenizer):

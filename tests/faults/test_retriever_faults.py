@@ -91,7 +91,8 @@ def test_slow_server_times_out_without_stalling_the_batch(tiny_world) -> None:
             wall = time.monotonic() - t0
             assert [r.status for r in res] == ["timeout"] * 4
             assert wall < 0.5 + 1.0, wall  # the batch waits one timeout, not the server's 3 s
-            print(f"\n[fault] slow server (3 s per search), env.tool_timeout_s=0.5: 4 calls timed out, batch {wall:.2f} s")
+            print(f"\n[fault] slow server (3 s per search), env.tool_timeout_s=0.5: 4 calls timed out, "
+                  f"batch {wall:.2f} s")
             events = [ToolEvent(r.tool, r.status, r.latency_s, r.error) for r in res]
             m = tool_metrics(events)
             assert m["tool/timeout_rate"] == 1.0 and m["tool/timeouts"] == 4 and m["tool/errors"] == 0
@@ -147,7 +148,8 @@ def _outage_run(tiny_world, model: Path, tmp_path, monkeypatch, down_after: int,
     monkeypatch.setattr(RunLogger, "log", log)
     over = small_overrides(tiny_world, tmp_path / name) + [  # the SFT'd tiny model: it searches
         f"model.path={model}", f"data.index={sw.url}", "data.test=null", "env.retriever_retries=0",
-        "env.retriever_cache_size=0", "rollout.max_turn_tokens=40", "rollout.max_response_tokens=200", "logging.tensorboard=false", *extra]
+        "env.retriever_cache_size=0", "rollout.max_turn_tokens=40", "rollout.max_response_tokens=200",
+        "logging.tensorboard=false", *extra]
     error = None
     try:
         train(load_config(preset="at2po", overrides=over))
@@ -196,7 +198,7 @@ def test_persistent_tool_failure_stops_before_the_update_and_resumes(tiny_world,
     assert sa == sb  # step, data position, generated tokens
     ra, rb = (torch.load(d / "rng-0.pt", weights_only=False) for d in (a, b))
     assert ra["python"] == rb["python"] and torch.equal(ra["torch"], rb["torch"])
-    assert all(np.array_equal(x, y) for x, y in zip(ra["numpy"], rb["numpy"]))
+    assert all(np.array_equal(x, y) for x, y in zip(ra["numpy"], rb["numpy"], strict=True))
     oa, ob = (torch.load(d / "optimizer.pt", weights_only=False)["state"] for d in (a, b))
     assert oa.keys() == ob.keys() and all(torch.equal(oa[i]["exp_avg"], ob[i]["exp_avg"]) for i in oa)
 
@@ -222,5 +224,5 @@ def test_tool_health_thresholds() -> None:
     assert h.consecutive == 1
     h.step(ok, 4)  # a healthy step resets the count
     h.step(bad + [ToolEvent("search", "timeout", 30.0, "timed out")], 5)
-    with pytest.raises(ToolFailureError, match="tool .search., last error: HTTP 503: down"):
+    with pytest.raises(ToolFailureError, match=r"tool .search., last error: HTTP 503: down"):
         h.step(bad, 6)

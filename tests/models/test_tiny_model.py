@@ -43,7 +43,8 @@ def test_bad_arguments(tmp_path):
 def test_cli_make_tiny_model(tmp_path):
     src = tmp_path / "sft.jsonl"
     src.write_text(json.dumps({"question": "q?", "turns": [{"text": TEXTS[0], "observation": None}]}) + "\n")
-    res = CliRunner().invoke(app, ["make-tiny-model", "--out", str(tmp_path / "m"), "--texts", str(src), "--vocab-size", "300"])
+    args = ["make-tiny-model", "--out", str(tmp_path / "m"), "--texts", str(src), "--vocab-size", "300"]
+    res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert AutoTokenizer.from_pretrained(tmp_path / "m").eos_token == "<|im_end|>"
     bad = tmp_path / "bad.jsonl"

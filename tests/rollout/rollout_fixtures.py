@@ -4,7 +4,13 @@ SearchEnv whose turn parsing is scripted so a random model makes tool calls."""
 from __future__ import annotations
 
 from at2po.agent.env import ParsedTurn, QAExample, TurnKind
-from at2po.agent.protocol import INSTRUCTION, format_answer_turn, format_observation, format_passages, format_search_turn
+from at2po.agent.protocol import (
+    INSTRUCTION,
+    format_answer_turn,
+    format_observation,
+    format_passages,
+    format_search_turn,
+)
 from at2po.agent.retrievers.corpus import Document
 from at2po.agent.search_env import SearchEnv
 

@@ -84,9 +84,9 @@ def test_engine_samples_exactly_with_grouped_attention(tiny):
     n = 6
     width = sum(max(len(c) for c in contexts) + j for j in range(1, n))  # the padded window of each decode step
     assert st_.kv_live <= st_.kv_read < 0.8 * len(contexts) * width
-    for ctx, g in zip(contexts, gens):
+    for ctx, g in zip(contexts, gens, strict=True):
         ref = teacher_forced_logprobs(model, ctx, g.token_ids)
-        assert max(abs(a - b) for a, b in zip(ref, g.logprobs)) < 1e-4
+        assert max(abs(a - b) for a, b in zip(ref, g.logprobs, strict=True)) < 1e-4
     assert model.config._attn_implementation == "sdpa"  # switched back after decoding
 
 
@@ -104,9 +104,9 @@ def test_grouped_attention_can_be_switched_off(tiny):
     (on, st_on), (off, st_off) = runs[True], runs[False]
     width = sum(max(len(c) for c in contexts) + j for j in range(1, 6))
     assert st_off.kv_read == len(contexts) * width > st_on.kv_read
-    for a, b in zip(on, off):
+    for a, b in zip(on, off, strict=True):
         assert a.token_ids == b.token_ids
-        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-5
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)) < 1e-5
 
 
 def test_other_attention_implementations_are_left_alone(tiny):

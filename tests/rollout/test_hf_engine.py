@@ -27,10 +27,10 @@ def test_logprobs_match_teacher_forcing_for_ragged_batch(tiny, contexts):
     model, tok = tiny
     eng = HFEngine(model, tok, prefix_cache=False)
     gens = eng.generate(contexts, SamplingParams(max_new_tokens=12, temperature=0.7, seed=1))
-    for ctx, g in zip(contexts, gens):
+    for ctx, g in zip(contexts, gens, strict=True):
         assert len(g.token_ids) == len(g.logprobs) >= 1
         ref = teacher_forced_logprobs(model, ctx, g.token_ids, temperature=0.7)
-        assert max(abs(a - b) for a, b in zip(ref, g.logprobs)) < 1e-4
+        assert max(abs(a - b) for a, b in zip(ref, g.logprobs, strict=True)) < 1e-4
     st = eng.stats()
     assert st.prefill_tokens == sum(map(len, contexts)) and st.cached_tokens == 0
     assert st.generated_tokens == sum(len(g.token_ids) for g in gens)
@@ -58,7 +58,7 @@ def test_prefix_reuse_prefills_only_the_new_suffix(tiny, contexts):
     eng = HFEngine(model, tok)
     first = eng.generate(contexts, SamplingParams(max_new_tokens=10, seed=2))
     obs = tok("\n\n<result>\nParis is the capital of France.\n</result>\n\n")["input_ids"]
-    longer = [c + g.token_ids + obs for c, g in zip(contexts, first)]
+    longer = [c + g.token_ids + obs for c, g in zip(contexts, first, strict=True)]
     # a fork: a proper prefix of a finished sequence (context + first 3 generated tokens)
     fork = contexts[0] + first[0].token_ids[:3]
     eng.reset_stats()
@@ -67,9 +67,9 @@ def test_prefix_reuse_prefills_only_the_new_suffix(tiny, contexts):
     # each continuation recomputes its last sampled token (never fed) + the observation; the fork 1 token
     assert st.prefill_tokens == len(contexts) * (1 + len(obs)) + 1
     assert st.cached_tokens == sum(map(len, longer)) + len(fork) - st.prefill_tokens
-    for ctx, g in zip(longer + [fork], second):  # cached key/values are exact
+    for ctx, g in zip(longer + [fork], second, strict=True):  # cached key/values are exact
         ref = teacher_forced_logprobs(model, ctx, g.token_ids)
-        assert max(abs(a - b) for a, b in zip(ref, g.logprobs)) < 1e-4
+        assert max(abs(a - b) for a, b in zip(ref, g.logprobs, strict=True)) < 1e-4
 
 
 def test_identical_contexts_are_prefilled_once(tiny, contexts):
@@ -87,9 +87,9 @@ def test_identical_contexts_are_prefilled_once(tiny, contexts):
     alone = HFEngine(model, tok, prefix_cache=False).generate(batch, p, seeds=seeds)
     assert [g.token_ids for g in shared] == [g.token_ids for g in alone]
     assert len({tuple(g.token_ids) for g in shared}) > 2  # own streams: the copies did not sample alike
-    for ctx, g in zip(batch, shared):
+    for ctx, g in zip(batch, shared, strict=True):
         ref = teacher_forced_logprobs(model, ctx, g.token_ids)
-        assert max(abs(a - b) for a, b in zip(ref, g.logprobs)) < 1e-4
+        assert max(abs(a - b) for a, b in zip(ref, g.logprobs, strict=True)) < 1e-4
 
 
 def test_seeded_sampling_is_deterministic_and_independent_of_batch(tiny, contexts):
@@ -187,7 +187,7 @@ class Staggered:
     def __init__(self, contexts, seeds, budgets):
         from at2po.rollout.engine import Request
 
-        self.todo = [Request(c, s, m, i) for i, (c, s, m) in enumerate(zip(contexts, seeds, budgets))]
+        self.todo = [Request(c, s, m, i) for i, (c, s, m) in enumerate(zip(contexts, seeds, budgets, strict=True))]
         self.out: dict[int, object] = {}
         self.sent = 2
         self.polls = 0
@@ -217,13 +217,14 @@ def test_continuous_run_matches_generate_and_teacher_forcing(tiny, contexts):
         eng.run(sched, p)
         assert sorted(sched.out) == list(range(12)) and sched.polls > 6
         assert eng.stats().decode_steps > 0 and eng.stats().sequences == 12
-        for i, (c, s, m) in enumerate(zip(ctxs, seeds, budgets)):
+        for i, (c, s, m) in enumerate(zip(ctxs, seeds, budgets, strict=True)):
             g = sched.out[i]
-            alone = HFEngine(model, tok, prefix_cache=False).generate([c], SamplingParams(**{**p.__dict__, "max_new_tokens": m}), seeds=[s])[0]
+            params = SamplingParams(**{**p.__dict__, "max_new_tokens": m})
+            alone = HFEngine(model, tok, prefix_cache=False).generate([c], params, seeds=[s])[0]
             assert g.token_ids == alone.token_ids and g.finish_reason == alone.finish_reason
             assert len(g.token_ids) <= m
             ref = teacher_forced_logprobs(model, c, g.token_ids, temperature=0.9)
-            assert max(abs(a - b) for a, b in zip(ref, g.logprobs)) < 1e-4
+            assert max(abs(a - b) for a, b in zip(ref, g.logprobs, strict=True)) < 1e-4
     # engines without a step-wise loop run the same schedule in waves (Engine.run), with the same samples
     waves = type("Waves", (HFEngine,), {"run": Engine.run})(model, tok)
     sched_w = Staggered(ctxs, seeds, budgets)

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from rollout_fixtures import DOCS, QUESTIONS, ScriptedCallEnv
 
 from at2po.agent.retrievers.base import Passage, RetrieverError
 from at2po.agent.retrievers.bm25 import BM25Retriever
@@ -17,8 +18,6 @@ from at2po.rollout.driver import ADDITIVE_METRICS, RolloutConfig, rollout
 from at2po.rollout.engine import SamplingParams
 from at2po.rollout.hf_engine import HFEngine
 from at2po.rollout.scoring import leaf_metrics, score_trees
-
-from rollout_fixtures import DOCS, QUESTIONS, ScriptedCallEnv
 
 FAST = dict(max_turn_tokens=16, max_response_tokens=600)
 
@@ -50,7 +49,7 @@ def test_entropy_tree_has_m_plus_lk_leaves(tiny, scripted_env):
     cfg = tree_cfg()
     res = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, cfg)
     assert len(res.trees) == len(QUESTIONS)
-    for tree, ex in zip(res.trees, QUESTIONS):
+    for tree, ex in zip(res.trees, QUESTIONS, strict=True):
         check_tree(tree, cfg.m + cfg.l * cfg.k)
         assert tree.meta["example"] is ex
         forks = [n for n in tree.nodes if "forked_from" in n.info]
@@ -117,7 +116,9 @@ def test_per_tree_schedule_builds_the_same_trees_in_fewer_phases(tiny, scripted_
     assert any(len({n.info["round"] for t in per.trees for n in t.nodes[1:] if n.info.get("phase") == p}) > 1
                for p in range(int(per.metrics["phases"])))  # some phase mixes rounds of different trees
     # random expansion (Tree-GRPO): picks come from a stream per (seed, round, tree), so the same holds
-    per_r = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, tree_cfg(tree_schedule="per_tree", expansion="random"))
+    per_r = rollout(
+        HFEngine(model, tok), scripted_env, QUESTIONS, tree_cfg(tree_schedule="per_tree", expansion="random")
+    )
     lock_r = rollout(HFEngine(model, tok), scripted_env, QUESTIONS, tree_cfg(expansion="random"))
     assert signature(per_r.trees) == signature(lock_r.trees) != signature(per.trees)
 
@@ -165,7 +166,7 @@ def test_random_expansion_groups_and_chain_mode(tiny, scripted_env):
     for tree in res.trees:
         firsts = [c for c in tree.root.children if "forked_from" not in tree.nodes[c].info]
         assert [tree.nodes[c].group for c in firsts] == [0, 1, 2]  # each initial chain its own Tree-GRPO group
-        for i, n in enumerate(tree.nodes[1:], 1):
+        for n in tree.nodes[1:]:
             if n.parent != 0:
                 assert n.group == tree.nodes[n.parent].group
     chains = rollout(HFEngine(model, tok), scripted_env, QUESTIONS[:2], RolloutConfig(mode="chain", n=5, **FAST))
@@ -200,7 +201,8 @@ def test_tiny_cache_byte_budget_still_finishes_and_reports_evictions(tiny, scrip
     model, tok = tiny
     per_token = kv_bytes_per_token(model)
     cfg = model.config
-    assert per_token == 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    assert per_token == 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 4
     small = HFEngine(model, tok, cache_memory_bytes=60 * per_token, batch_memory_bytes=200 * per_token)
     assert small.cache.max_tokens == 60 and small.max_batch_tokens == 200
     tight = rollout(small, scripted_env, QUESTIONS, tree_cfg())
@@ -310,7 +312,8 @@ def test_plain_search_env_with_random_model(tiny, retriever):
     """The unmodified SearchEnv: a random model's malformed turns get corrective observations until the limit."""
     model, tok = tiny
     env = SearchEnv(tok, retriever, EnvConfig(max_tool_calls=2))
-    res = rollout(HFEngine(model, tok), env, QUESTIONS[:2], RolloutConfig(mode="chain", n=4, max_turn_tokens=64, max_response_tokens=1000))
+    cfg = RolloutConfig(mode="chain", n=4, max_turn_tokens=64, max_response_tokens=1000)
+    res = rollout(HFEngine(model, tok), env, QUESTIONS[:2], cfg)
     env.close()
     for tree in res.trees:
         check_tree(tree, 4)
@@ -389,5 +392,5 @@ def test_continuous_runner_refuses_an_engine_that_stops_early(tiny, scripted_env
         def run(self, scheduler, params):
             scheduler.next_requests(idle=False)  # takes the first turns, never samples them
 
-    with pytest.raises(RuntimeError, match="Quitter.run returned with"):
+    with pytest.raises(RuntimeError, match=r"Quitter\.run returned with"):
         rollout(Quitter(model, tok), scripted_env, QUESTIONS, tree_cfg(batching="continuous"))

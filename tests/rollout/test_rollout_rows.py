@@ -24,7 +24,8 @@ def test_rows_are_the_sampled_ids(tiny, scripted_env):
         p = row.prompt_len
         assert row.input_ids == tree.context_ids(row.leaf, include_gen=True)
         assert row.input_ids[:p] == tree.prompt_ids and row.reward == tree.nodes[row.leaf].reward
-        assert len(row.input_ids) == len(row.response_mask) == len(row.turn_ids) == len(row.node_ids) == len(row.logprobs)
+        n_ids = len(row.input_ids)
+        assert len(row.response_mask) == len(row.turn_ids) == len(row.node_ids) == len(row.logprobs) == n_ids
         assert row.turn_ids[:p] == [-1] * p and row.node_ids[:p] == [-1] * p and sum(row.response_mask[:p]) == 0
         path = tree.path(row.leaf)
         pos = p

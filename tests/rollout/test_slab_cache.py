@@ -42,14 +42,14 @@ def append(cache: SlabCache, rows: list[torch.Tensor], src: list[int], suffix: l
     grew = cache.reserve(len(src), w, right)
     keep = torch.arange(S)[None, :] < (S - torch.tensor(suffix))[:, None]  # [b, S]: padding of the suffix block
     view = cache.block(len(rows), w, filled=w - S, keep=keep)
-    for b, (r, s) in enumerate(zip(rows, suffix)):
+    for b, (r, s) in enumerate(zip(rows, suffix, strict=True)):
         p = r.shape[1] - s
         if p:
             cache.put_prefix(view, b, [r[:, :p] + k for k in range(LAYERS)], [-(r[:, :p] + k) for k in range(LAYERS)],
                              p, end=s)
     for layer, lay in enumerate(view.layers):
         block_ = torch.full((len(rows), H, S, D), float("nan"))
-        for b, (r, s) in enumerate(zip(rows, suffix)):
+        for b, (r, s) in enumerate(zip(rows, suffix, strict=True)):
             block_[b, :, S - s:] = r[:, -s:] + layer
         lay.update(block_, -block_)
     if len(src) > len(rows):
@@ -110,7 +110,8 @@ def test_decode_step_writes_in_place_until_the_buffer_is_full() -> None:
         cache.layers[0].update(torch.randn(1, H, 1, D), torch.randn(1, H, 1, D))
     assert cache.layers[0].kbuf is buf  # no copy while room was reserved
     cache.layers[0].update(torch.randn(1, H, 1, D), torch.randn(1, H, 1, D))
-    assert cache.layers[0].kbuf is not buf and cache.layers[0].kbuf.shape[2] == 3 + 4 + 64  # the live window + 64 free columns
+    # the live window + 64 free columns
+    assert cache.layers[0].kbuf is not buf and cache.layers[0].kbuf.shape[2] == 3 + 4 + 64
 
 
 def test_a_block_of_the_wrong_shape_is_refused() -> None:

@@ -49,7 +49,7 @@ def test_candidates_only_give_the_same_stops_as_every_row(tiny, checker, data):
             seq += data.draw(st.lists(st.integers(0, len(tok) - 1), min_size=1, max_size=4))
     gens = [seq[:i] for i in range(len(seq))]  # every step of the sequence as one row of a batch
     got = checker.check(gens, torch.tensor(seq))
-    ref = [brute(tok, STOPS, g, t) for g, t in zip(gens, seq)]
+    ref = [brute(tok, STOPS, g, t) for g, t in zip(gens, seq, strict=True)]
     end = next((i + 1 for i, s in enumerate(ref) if s is not None), len(seq))  # a real row stops at its first match
     assert got[:end] == ref[:end]
 
@@ -83,7 +83,7 @@ def test_whitespace_ending_stop_checks_every_token(tiny):
     seq = tok.encode("a b\n\nc", add_special_tokens=False)
     gens = [seq[:i] for i in range(len(seq))]
     got = StopChecker(tok, ("\n\n",), len(tok)).check(gens, torch.tensor(seq))
-    ref = [brute(tok, ("\n\n",), g, t) for g, t in zip(gens, seq)]
+    ref = [brute(tok, ("\n\n",), g, t) for g, t in zip(gens, seq, strict=True)]
     assert got == ref and "\n\n" in got
 
 

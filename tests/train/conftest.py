@@ -40,23 +40,27 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("tiny_world")
-    corpus = write_jsonl(root / "corpus.jsonl", [{"id": str(i), "title": t, "text": x} for i, (t, x) in enumerate(FACTS)])
+    corpus = write_jsonl(
+        root / "corpus.jsonl", [{"id": str(i), "title": t, "text": x} for i, (t, x) in enumerate(FACTS)]
+    )
     qa = [{"id": f"q{i}", "question": q, "golden_answers": [a], "data_source": "toy" if i % 2 else "toy2"}
           for i, (q, a) in enumerate(QA)]
     train = write_jsonl(root / "train.jsonl", qa)
     test = write_jsonl(root / "test.jsonl", qa[:4])
     index = build_index(corpus, root / "index")
     demos = []
-    for (q, a), (title, text) in zip(QA, FACTS):
+    for (q, a), (title, text) in zip(QA, FACTS, strict=True):
         demos.append({"question": q, "golden_answers": [a], "turns": [
-            {"text": format_search_turn("I should search.", q), "observation": format_observation(f"Doc 1(Title: {title}) {text}")},
+            {"text": format_search_turn("I should search.", q),
+             "observation": format_observation(f"Doc 1(Title: {title}) {text}")},
             {"text": format_answer_turn("Found it.", a), "observation": None},
         ]})
     sft = write_jsonl(root / "sft.jsonl", demos)
     texts = [INSTRUCTION] + [x for _, x in FACTS] + [json.dumps(d) for d in demos]
     model = build_tiny_model(texts, root / "model", vocab_size=400, hidden_size=32, intermediate_size=64,
                              num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
-    return {"root": root, "corpus": corpus, "train": train, "test": test, "index": Path(index), "sft": sft, "model": model}
+    return {"root": root, "corpus": corpus, "train": train, "test": test, "index": Path(index), "sft": sft,
+            "model": model}
 
 
 def small_overrides(world: dict[str, Path], out: Path) -> list[str]:

@@ -1,4 +1,5 @@
-"""Entry point for the multi-process test: ``accelerate launch --num_processes 2 --cpu tests/train/mp_train.py OUT KEY=VAL...``.
+"""Entry point for the multi-process test:
+``accelerate launch --num_processes 2 --cpu tests/train/mp_train.py OUT KEY=VAL...``.
 
 Trains, then every process writes a checksum of its own copy of the weights to ``OUT/rank-<i>.json``.
 """
@@ -25,6 +26,7 @@ def hook(m: torch.nn.Module) -> None:  # called once, before training: keep the 
 res = train(load_config(preset="at2po", overrides=sys.argv[2:]), model_hook=hook)
 flat = torch.cat([p.detach().flatten() for p in params["m"].parameters()])
 rank = __import__("accelerate").PartialState().process_index
-(out / f"rank-{rank}.json").write_text(json.dumps({"sum": float(flat.double().sum()), "abs": float(flat.double().abs().sum()),
+(out / f"rank-{rank}.json").write_text(json.dumps({"sum": float(flat.double().sum()),
+                                                   "abs": float(flat.double().abs().sum()),
                                                    "moved": float((flat.double() - params["init"]).norm()),
                                                    "steps": res.steps_done}))

@@ -43,7 +43,7 @@ def test_train_checkpoint_crash_resume_eval(tiny_world, tmp_path: Path) -> None:
     assert [p.name for p in list_checkpoints(tmp_path / "a")] == ["step-00000002", "step-00000003"]
     assert (tmp_path / "a" / "config.yaml").is_file() and (tmp_path / "a" / "eval" / "step-00000003.json").is_file()
     assert any((tmp_path / "a" / "tb").iterdir())
-    rec = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines() if '"rollout/' in x][0]
+    rec = next(json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines() if '"rollout/' in x)
     assert rec["batch/tree_token_ratio"] > 1.5  # a tree's leaves share the prompt and their first turns
     assert 0 < rec["actor/forward_tokens"] < rec["batch/tokens"]  # the update ran over unique tokens
     for phase in ("rollout", "old_logprob", "update"):
@@ -54,7 +54,7 @@ def test_train_checkpoint_crash_resume_eval(tiny_world, tmp_path: Path) -> None:
     ckpt2 = tmp_path / "b" / "checkpoints" / "step-00000002"
 
     def crash_in_step3(model: torch.nn.Module) -> None:
-        def hook(m, i, out):  # noqa: ANN001
+        def hook(m, i, out):
             if torch.is_grad_enabled() and ckpt2.exists():  # the first update forward after checkpoint 2
                 raise Crash("simulated crash mid-step")
             return out
@@ -95,11 +95,12 @@ def test_sft_masks_observations_and_learns(tiny_world, tmp_path: Path) -> None:
     env = SearchEnv(tok, None)
     demo = read_demos(tiny_world["sft"])[0]
     (row,) = flatten([demo_tree(demo, env, tok)])
-    gen = [t for t, m in zip(row.input_ids, row.response_mask) if m]
-    obs = [t for t, m, k in zip(row.input_ids, row.response_mask, row.turn_ids) if not m and k >= 0]
+    gen = [t for t, m in zip(row.input_ids, row.response_mask, strict=True) if m]
+    obs = [t for t, m, k in zip(row.input_ids, row.response_mask, row.turn_ids, strict=True) if not m and k >= 0]
     assert tok.decode(gen) == demo["turns"][0]["text"] + demo["turns"][1]["text"] + "<|im_end|>"
     assert tok.decode(obs) == demo["turns"][0]["observation"]
-    assert tok.decode(row.input_ids[row.prompt_len:]).startswith(demo["turns"][0]["text"] + demo["turns"][0]["observation"])
+    first_turn = demo["turns"][0]["text"] + demo["turns"][0]["observation"]
+    assert tok.decode(row.input_ids[row.prompt_len:]).startswith(first_turn)
 
     cfg = load_config(overrides=small_overrides(tiny_world, tmp_path / "run") + [
         f"data.sft={tiny_world['sft']}", "sft.epochs=8", "sft.lr=3e-3", "logging.tensorboard=false"])
@@ -158,5 +159,5 @@ def test_sampler_old_log_probs_skip_the_extra_forward(tiny_world, tmp_path: Path
     rec = json.loads((tmp_path / "s" / "metrics.jsonl").read_text().splitlines()[0])
     assert "actor/sampler_logprob_gap" not in rec  # nothing recomputed to compare with
     assert abs(rec["actor/ratio_mean"] - 1.0) < 1e-4 and rec["actor/pg_clipfrac"] == 0.0
-    with pytest.raises(ConfigError, match="train.old_log_prob=sampler.*tis_cap"):
+    with pytest.raises(ConfigError, match=r"train\.old_log_prob=sampler.*tis_cap"):
         load_config(overrides=["train.old_log_prob=sampler", "loss.tis_cap=2.0"])

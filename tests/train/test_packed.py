@@ -57,7 +57,8 @@ def _odd_trees(tok) -> list[TurnTree]:
     obs = tok(" <result> Alba is a city. </result> ", add_special_tokens=False)["input_ids"]
     a = twin.add_node(0, gen_ids=call, gen_logprobs=[-0.3] * len(call), end=TurnEnd.TOOL_CALL)
     for r in (0.0, 1.0):
-        twin.nodes[twin.add_node(a, obs_ids=obs, gen_ids=ans, gen_logprobs=[-0.2] * len(ans), end=TurnEnd.ANSWER)].reward = r
+        leaf = twin.add_node(a, obs_ids=obs, gen_ids=ans, gen_logprobs=[-0.2] * len(ans), end=TurnEnd.ANSWER)
+        twin.nodes[leaf].reward = r
     return [one, twin]
 
 
@@ -125,7 +126,7 @@ def _assert_grads_close(a: list[torch.Tensor | None], b: list[torch.Tensor | Non
     a = [torch.zeros(()) if x is None else x for x in a]
     b = [torch.zeros(()) if y is None else y for y in b]
     total = float(torch.stack([y.norm() for y in b]).norm())
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
         err = float((x - y).norm())
         scale = float(y.norm())
         assert err <= 3e-5 * scale + 1e-7 * total, f"{what}: parameter {i}: |Δg| = {err:.3g}, |g| = {scale:.3g}"
@@ -236,7 +237,8 @@ def tries(draw):
     attn = torch.zeros((len(rows), T), dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, : len(r)], attn[i, : len(r)] = torch.tensor(r), 1
-    score = torch.tensor(draw(st.lists(st.booleans(), min_size=T * len(rows), max_size=T * len(rows)))).view(len(rows), T)
+    n = T * len(rows)
+    score = torch.tensor(draw(st.lists(st.booleans(), min_size=n, max_size=n))).view(len(rows), T)
     return ids, attn, score & attn.bool(), draw(st.sampled_from([1, 3, 16]))
 
 

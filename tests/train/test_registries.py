@@ -64,7 +64,7 @@ def test_user_registered_loss_and_estimator_from_yaml_and_cli(plugin, tiny_world
 
 
 def test_unknown_names_and_plugins_are_config_errors() -> None:
-    with pytest.raises(ConfigError, match="unknown policy loss 'nope'; registered: .*'turn'.*register_policy_loss"):
+    with pytest.raises(ConfigError, match=r"unknown policy loss 'nope'; registered: .*'turn'.*register_policy_loss"):
         load_config(None, ["loss.name=nope"])
     with pytest.raises(ConfigError, match="unknown credit estimator 'nope'"):
         load_config(None, ["credit.name=nope"])

@@ -27,9 +27,13 @@ def test_budget_stops_at_first_step_reaching_it(tiny_world, tmp_path: Path) -> N
 
 def test_budget_counts_cumulative_tokens(tiny_world, tmp_path: Path) -> None:
     """A budget above one step's tokens but below two steps' stops after step 2, not 1 (cumulative count)."""
-    probe = train(load_config(overrides=small_overrides(tiny_world, tmp_path / "probe") + ["train.steps=1"], preset="grpo"))
+    probe = train(
+        load_config(overrides=small_overrides(tiny_world, tmp_path / "probe") + ["train.steps=1"], preset="grpo")
+    )
     first = next(r["rollout/generated_tokens"] for r in read_metrics(probe.run_dir) if "rollout/generated_tokens" in r)
-    over = small_overrides(tiny_world, tmp_path / "run") + ["train.steps=6", f"train.max_generated_tokens={int(first) + 1}"]
+    over = small_overrides(tiny_world, tmp_path / "run") + [
+        "train.steps=6", f"train.max_generated_tokens={int(first) + 1}"
+    ]
     res = train(load_config(overrides=over, preset="grpo"))
     recs = [r for r in read_metrics(res.run_dir) if "rollout/generated_tokens" in r]
     total = sum(r["rollout/generated_tokens"] for r in recs)

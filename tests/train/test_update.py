@@ -4,6 +4,7 @@ accumulation over micro-batches, and the NaN/inf guard (unit and through the rea
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,7 +55,7 @@ def _resp_logprob(model, batch, i: int) -> float:
 
 
 def test_update_moves_log_probs_in_the_direction_of_the_advantage(tiny_world) -> None:
-    cfg, tok, model, acc, rows, batch = _setup(
+    cfg, tok, model, acc, _, batch = _setup(
         tiny_world, ["loss.name=token", "train.batch_prompts=3", "train.mini_batch_prompts=3", "optim.lr=1e-2"]
     )
     signs = torch.tensor([1.0, -1.0, 0.0])
@@ -71,12 +72,14 @@ def test_update_moves_log_probs_in_the_direction_of_the_advantage(tiny_world) ->
     assert np.isfinite(stats.as_dict()["actor/grad_norm"])
 
 
-@pytest.mark.parametrize("loss, agg", [("turn", "seq-mean-token-mean"), ("token", "token-mean"), ("sequence", "seq-mean-token-sum")])
+@pytest.mark.parametrize(
+    "loss, agg", [("turn", "seq-mean-token-mean"), ("token", "token-mean"), ("sequence", "seq-mean-token-sum")]
+)
 def test_micro_batch_accumulation_equals_one_big_batch(tiny_world, loss: str, agg: str) -> None:
     """Token-budget micro-batches with gradient accumulation give the same update as one forward/backward."""
     results = []
     for budget in (1, 100_000):  # one row per micro-batch vs all rows at once
-        cfg, tok, model, acc, rows, batch = _setup(tiny_world, [
+        cfg, tok, model, acc, _, batch = _setup(tiny_world, [
             f"loss.name={loss}", f"loss.agg={agg}", "train.batch_prompts=3", "train.mini_batch_prompts=3",
             f"train.micro_batch_tokens={budget}", "optim.max_grad_norm=1e9",
         ])
@@ -95,7 +98,7 @@ def test_micro_batch_accumulation_equals_one_big_batch(tiny_world, loss: str, ag
 
 
 def test_nan_update_is_skipped_and_weights_unchanged(tiny_world) -> None:
-    cfg, tok, model, acc, rows, batch = _setup(tiny_world, ["train.batch_prompts=3", "train.mini_batch_prompts=1"])
+    cfg, tok, model, acc, _, batch = _setup(tiny_world, ["train.batch_prompts=3", "train.mini_batch_prompts=1"])
     nan = torch.full_like(batch.response_mask, float("nan"))
     batch.advantages = torch.where(batch.response_mask > 0, nan, torch.zeros_like(nan))  # NaN on every response token
     w0 = copy.deepcopy(model.state_dict())

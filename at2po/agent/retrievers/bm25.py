@@ -62,7 +62,7 @@ class BM25Retriever(Retriever):
         method: str = "lucene",
         stopwords: str | None = "en",
         stemmer: str | None = "english",
-    ) -> "BM25Retriever":
+    ) -> BM25Retriever:
         """Index ``docs`` in memory (tokenise with stopwords + stemming, precompute BM25 weights)."""
         if not docs:
             raise RetrieverError("cannot build a BM25 index from an empty corpus")
@@ -92,7 +92,7 @@ class BM25Retriever(Retriever):
         return out
 
     @classmethod
-    def load(cls, index_dir: str | Path, mmap: bool = False) -> "BM25Retriever":
+    def load(cls, index_dir: str | Path, mmap: bool = False) -> BM25Retriever:
         """Open an index written by ``save``; ``mmap=True`` leaves the score matrix on disk."""
         index_dir = Path(index_dir)
         meta = read_meta(index_dir, expect_kind=KIND)

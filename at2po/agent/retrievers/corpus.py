@@ -146,7 +146,7 @@ class DocStore:
         return self.table.num_rows
 
     @classmethod
-    def from_documents(cls, docs: Sequence[Document]) -> "DocStore":
+    def from_documents(cls, docs: Sequence[Document]) -> DocStore:
         table = pa.table(
             {
                 "id": pa.array([d.id for d in docs], pa.string()),
@@ -161,7 +161,7 @@ class DocStore:
             w.write_table(self.table)
 
     @classmethod
-    def load(cls, index_dir: Path) -> "DocStore":
+    def load(cls, index_dir: Path) -> DocStore:
         path = index_dir / DOCS_FILE
         if not path.is_file():
             raise RetrieverError(f"{index_dir}: missing {DOCS_FILE} (not an at2po index?)")
@@ -175,7 +175,10 @@ class DocStore:
         """
         # rows, scores, keep: [Q, k]
         flat = rows[keep]  # [M]
-        got = self.table.take(pa.array(flat, pa.int64())).to_pydict() if flat.size else {"id": [], "title": [], "text": []}
+        if flat.size:
+            got = self.table.take(pa.array(flat, pa.int64())).to_pydict()
+        else:
+            got = {"id": [], "title": [], "text": []}
         out: list[list[Passage]] = []
         j = 0
         for qi in range(rows.shape[0]):
@@ -188,4 +191,4 @@ class DocStore:
 
     def documents(self) -> list[Document]:
         d = self.table.to_pydict()
-        return [Document(i, t, x) for i, t, x in zip(d["id"], d["title"], d["text"])]
+        return [Document(i, t, x) for i, t, x in zip(d["id"], d["title"], d["text"], strict=True)]

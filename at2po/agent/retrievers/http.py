@@ -129,8 +129,8 @@ class HTTPRetriever(Retriever):
     ):
         if (timeout_s <= 0 or max_retries < 0 or timeout_retries < 0 or backoff_s < 0 or batch_window_s < 0
                 or max_batch < 1 or max_inflight < 1):
-            raise ValueError("HTTPRetriever: need timeout_s > 0, max_retries >= 0, timeout_retries >= 0, backoff_s >= 0, "
-                             "batch_window_s >= 0, max_batch >= 1, max_inflight >= 1")
+            raise ValueError("HTTPRetriever: need timeout_s > 0, max_retries >= 0, timeout_retries >= 0, "
+                             "backoff_s >= 0, batch_window_s >= 0, max_batch >= 1, max_inflight >= 1")
         self.url = retrieve_url(url)
         self.timeout_s = timeout_s
         self.max_retries, self.timeout_retries = max_retries, timeout_retries
@@ -181,7 +181,9 @@ class HTTPRetriever(Retriever):
             try:
                 res = p.future.result(timeout=self._wait_s)  # raises the RetrieverError set by the sender
             except FutureTimeout:
-                raise RetrieverError(f"{self.url}: no answer within {self._wait_s:.0f}s (client closed or stuck)") from None
+                raise RetrieverError(
+                    f"{self.url}: no answer within {self._wait_s:.0f}s (client closed or stuck)"
+                ) from None
             for i in missing[q]:
                 out[i] = list(res)
         return out  # type: ignore[return-value]
@@ -252,7 +254,7 @@ class HTTPRetriever(Retriever):
             return
         with self._stats_lock:
             self.stats.posts += 1
-        by_query = dict(zip(uniq, results))
+        by_query = dict(zip(uniq, results, strict=True))
         for q, res in by_query.items():
             self.cache.put((q, k), res)
         for p in items:

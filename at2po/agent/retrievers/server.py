@@ -15,6 +15,7 @@ library's ``ThreadingHTTPServer``: one thread per connection, no extra dependenc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -148,7 +149,8 @@ def _make_handler(retriever: Retriever, limits: ServerLimits, info: dict[str, An
             if length > limits.max_body_bytes:
                 self.close_connection = True  # do not read (or keep) an oversized body
                 raise _HTTPError(
-                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes exceeds the limit of {limits.max_body_bytes}"
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    f"body of {length} bytes exceeds the limit of {limits.max_body_bytes}",
                 )
             raw = self.rfile.read(length)
             try:
@@ -156,14 +158,17 @@ def _make_handler(retriever: Retriever, limits: ServerLimits, info: dict[str, An
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise _HTTPError(HTTPStatus.BAD_REQUEST, f"malformed JSON: {e}") from None
             if not isinstance(obj, dict):
-                raise _HTTPError(HTTPStatus.BAD_REQUEST, f"request body must be a JSON object, got {type(obj).__name__}")
+                raise _HTTPError(
+                    HTTPStatus.BAD_REQUEST, f"request body must be a JSON object, got {type(obj).__name__}"
+                )
             try:
                 req = RetrieveRequest.model_validate(obj)
             except ValidationError as e:
                 raise _HTTPError(HTTPStatus.BAD_REQUEST, _validation_message(e)) from None
             if len(req.queries) > limits.max_queries:
                 raise _HTTPError(
-                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{len(req.queries)} queries exceed the limit of {limits.max_queries}"
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    f"{len(req.queries)} queries exceed the limit of {limits.max_queries}",
                 )
             if req.topk is not None and not 1 <= req.topk <= limits.max_topk:
                 raise _HTTPError(HTTPStatus.BAD_REQUEST, f"topk must be in [1, {limits.max_topk}], got {req.topk}")
@@ -204,10 +209,8 @@ class _QuietServer(ThreadingHTTPServer):
         with self._open_lock:
             conns, self._open = list(self._open), set()
         for sock in conns:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             sock.close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -251,7 +254,7 @@ class RetrievalServer:
         """Block serving requests until ``shutdown()`` (or KeyboardInterrupt)."""
         self.httpd.serve_forever(poll_interval=0.2)
 
-    def start(self) -> "RetrievalServer":
+    def start(self) -> RetrievalServer:
         """Serve in a background thread (tests, notebooks)."""
         self._thread = threading.Thread(target=self.serve_forever, name="at2po-retrieval-server", daemon=True)
         self._thread.start()
@@ -266,7 +269,7 @@ class RetrievalServer:
         self.httpd.server_close()
         self.httpd.close_connections()
 
-    def __enter__(self) -> "RetrievalServer":
+    def __enter__(self) -> RetrievalServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

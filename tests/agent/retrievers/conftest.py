@@ -13,11 +13,13 @@ DOCS = [
     {"id": "paris", "title": "Paris", "text": "Paris is the capital and largest city of France, on the Seine."},
     {"id": "berlin", "title": "Berlin", "text": "Berlin is the capital of Germany and its most populous city."},
     {"id": "tokyo", "title": "Tokyo", "text": "Tokyo is the capital of Japan. The city hosted the Summer Olympics."},
-    {"id": "python", "title": "Python (language)", "text": "Python is a programming language created by Guido van Rossum."},
+    {"id": "python", "title": "Python (language)",
+     "text": "Python is a programming language created by Guido van Rossum."},
     {"id": "marathon", "title": "Marathon", "text": "A marathon is a long-distance running race of 42.195 kilometres."},
     {"id": "violin", "title": "Violin", "text": "The violin is a wooden string instrument played with a bow."},
     {"id": "volcano", "title": "Volcano", "text": "A volcano is a rupture in a planet's crust where lava erupts."},
-    {"id": "penguin", "title": "Penguin", "text": "Penguins are flightless aquatic birds living in the Southern Hemisphere."},
+    {"id": "penguin", "title": "Penguin",
+     "text": "Penguins are flightless aquatic birds living in the Southern Hemisphere."},
 ]
 
 

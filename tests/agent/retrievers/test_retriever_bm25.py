@@ -88,7 +88,7 @@ def test_load_errors_are_clear(tmp_path, bm25_dir):
     with pytest.raises(RetrieverError, match="not an index directory or http"):
         load_retriever(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(RetrieverError, match="no meta.json"):
+    with pytest.raises(RetrieverError, match=r"no meta\.json"):
         load_retriever(tmp_path / "empty")
     bad = tmp_path / "bad"
     bad.mkdir()

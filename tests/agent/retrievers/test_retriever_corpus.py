@@ -19,7 +19,10 @@ def test_reads_title_text_rows(corpus_file, doc_rows):
 def test_reads_search_r1_contents_and_int_ids(tmp_path, write_jsonl):
     p = write_jsonl(
         tmp_path / "c.jsonl",
-        [{"id": 7, "contents": '"Ada Lovelace"\nAda was a mathematician.\nSecond line.'}, {"id": "x", "contents": "no title here"}],
+        [
+            {"id": 7, "contents": '"Ada Lovelace"\nAda was a mathematician.\nSecond line.'},
+            {"id": "x", "contents": "no title here"},
+        ],
     )
     a, b = read_corpus(p)
     assert a == Document("7", "Ada Lovelace", "Ada was a mathematician.\nSecond line.")

@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("faiss")
 pytest.importorskip("sentence_transformers")
 
-from at2po.agent.retrievers import build_index, load_retriever  # noqa: E402
-from at2po.agent.retrievers.dense import BUNDLED_MODEL, DenseRetriever, default_model_path, e5_prefixes  # noqa: E402
+from at2po.agent.retrievers import build_index, load_retriever
+from at2po.agent.retrievers.dense import BUNDLED_MODEL, DenseRetriever, default_model_path, e5_prefixes
 
 
 @pytest.fixture(scope="module")
