@@ -40,6 +40,17 @@ class DemoError(UserError, ValueError):
     """A demonstration line that cannot be used; the message names ``file:line``."""
 
 
+def _check_demo(d: Any, where: str) -> dict[str, Any]:
+    """One demonstration's shape: {question, turns: [{text, observation}], ...}; errors name ``where``."""
+    turns = d.get("turns") if isinstance(d, dict) else None
+    if not (isinstance(d, dict) and isinstance(d.get("question"), str) and isinstance(turns, list) and turns):
+        raise DemoError(f"{where}: expected {{question, golden_answers, turns: [{{text, observation}}]}}")
+    for j, t in enumerate(turns):
+        if not isinstance(t, dict) or not isinstance(t.get("text"), str):
+            raise DemoError(f"{where}: turns[{j}] needs a 'text' string")
+    return d
+
+
 def read_demos(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
     p = Path(path)
     demos = []
@@ -50,13 +61,7 @@ def read_demos(path: str | Path, limit: int | None = None) -> list[dict[str, Any
             d = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DemoError(f"{p}:{lineno}: invalid JSON ({exc.msg})") from None
-        turns = d.get("turns") if isinstance(d, dict) else None
-        if not (isinstance(d, dict) and isinstance(d.get("question"), str) and isinstance(turns, list) and turns):
-            raise DemoError(f"{p}:{lineno}: expected {{question, golden_answers, turns: [{{text, observation}}]}}")
-        for j, t in enumerate(turns):
-            if not isinstance(t, dict) or not isinstance(t.get("text"), str):
-                raise DemoError(f"{p}:{lineno}: turns[{j}] needs a 'text' string")
-        demos.append(d)
+        demos.append(_check_demo(d, f"{p}:{lineno}"))
         if limit is not None and len(demos) >= limit:
             break
     if not demos:
@@ -66,15 +71,7 @@ def read_demos(path: str | Path, limit: int | None = None) -> list[dict[str, Any
 
 def check_demos(demos: Any, where: str = "demos") -> list[dict[str, Any]]:
     """Demonstrations given as objects: the same checks as :func:`read_demos`, naming ``demos[i]``."""
-    out = []
-    for i, d in enumerate(demos):
-        turns = d.get("turns") if isinstance(d, dict) else None
-        if not (isinstance(d, dict) and isinstance(d.get("question"), str) and isinstance(turns, list) and turns):
-            raise DemoError(f"{where}[{i}]: expected {{question, turns: [{{text, observation}}], ...}}")
-        for j, t in enumerate(turns):
-            if not isinstance(t, dict) or not isinstance(t.get("text"), str):
-                raise DemoError(f"{where}[{i}]: turns[{j}] needs a 'text' string")
-        out.append(d)
+    out = [_check_demo(d, f"{where}[{i}]") for i, d in enumerate(demos)]
     if not out:
         raise DemoError(f"{where}: no demonstrations")
     return out
