@@ -108,6 +108,16 @@ def test_trainer_with_objects_callbacks_a_reward_function_and_resume(calc_init, 
     env.close()
 
 
+def test_rows_without_an_env_are_qa_rows_for_the_search_env():
+    from at2po.train.components import resolve_examples
+
+    exs = resolve_examples([{"question": "Who?", "golden_answers": ["A"]}, {"question": "Q", "answer": "B"}],
+                           None, None, "train_dataset")
+    assert [(e.question, e.golden_answers) for e in exs] == [("Who?", ["A"]), ("Q", ["B"])]
+    with pytest.raises(DatasetError, match=r"train_dataset\[0\]"):
+        resolve_examples([{"golden_answers": ["A"]}], None, None, "train_dataset")
+
+
 def test_trainer_names_a_bad_row(calc_init, calc_tok, tmp_path):
     env = calculator.CalculatorEnv(calc_tok)
     rows = calculator.make_dataset(3) + [{"answer": "4"}]

@@ -151,23 +151,44 @@ class ToolEnv(AgentEnv):
     def limit_notice(self) -> str:
         return self.observation("Tool call limit reached: give your answer now.")
 
-    def _run(self, name: str, arg: str) -> tuple[Any, float]:
+    def _run(self, name: str, arg: str, started: list[float]) -> tuple[Any, float]:
         t0 = time.monotonic()
+        started.append(t0)  # the call's timeout counts from here, not from when it was queued
         out = self.tools[name](arg)
         return out, time.monotonic() - t0
 
+    def _wait(self, fut: Future[tuple[Any, float]], started: list[float], queue_deadline: float) -> tuple[Any, float]:
+        """The call's result, or ``FutureTimeout`` once it has *run* for ``tool_timeout_s`` (time spent queued
+        behind other calls for a worker does not count), or if it is still queued at ``queue_deadline`` (every
+        worker hung)."""
+        while True:
+            if started:
+                return fut.result(timeout=max(0.0, started[0] + self.tool_timeout_s - time.monotonic()))
+            if time.monotonic() >= queue_deadline:
+                raise FutureTimeout
+            try:
+                return fut.result(timeout=0.05)  # still queued: wait for it to start
+            except FutureTimeout:
+                continue
+
     def run_tools(self, calls: list[ParsedTurn]) -> list[ToolResult]:
-        """TOOL_CALL entries run concurrently, each with ``tool_timeout_s`` (from submission); others get their
-        corrective message. Never raises."""
+        """TOOL_CALL entries run concurrently, each with ``tool_timeout_s`` from its start; others get their
+        corrective message. Never raises. After a timeout the pool is replaced, so a hung tool keeps only its own
+        thread and cannot clog later calls."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.tool_workers, thread_name_prefix="at2po-tool")
+        starts: list[list[float]] = [[] for _ in calls]
         futures: list[Future[tuple[Any, float]] | None] = [
-            self._pool.submit(self._run, c.tool or self.tool_name, c.query or "")
-            if c.kind == TurnKind.TOOL_CALL and (c.tool or self.tool_name) in self.tools else None for c in calls
+            self._pool.submit(self._run, c.tool or self.tool_name, c.query or "", st)
+            if c.kind == TurnKind.TOOL_CALL and (c.tool or self.tool_name) in self.tools else None
+            for c, st in zip(calls, starts, strict=True)
         ]
-        deadline = time.monotonic() + self.tool_timeout_s
+        # a queued call waits at most as long as the batch could take with every worker busy for a full timeout
+        rounds = 1 + len(calls) // max(1, self.tool_workers)
+        queue_deadline = time.monotonic() + self.tool_timeout_s * rounds
         out: list[ToolResult] = []
-        for c, fut in zip(calls, futures, strict=True):
+        timed_out = False
+        for c, fut, st in zip(calls, futures, starts, strict=True):
             name = c.tool or self.tool_name
             if fut is None:
                 message = c.message or self.observation(f"Invalid turn: unknown tool {name!r}.")
@@ -175,9 +196,10 @@ class ToolEnv(AgentEnv):
                                       error=None if c.kind != TurnKind.TOOL_CALL else f"unknown tool {name!r}"))
                 continue
             try:
-                value, latency = fut.result(timeout=max(0.0, deadline - time.monotonic()))
+                value, latency = self._wait(fut, st, queue_deadline)
             except FutureTimeout:
                 fut.cancel()
+                timed_out = True
                 out.append(ToolResult(self.failure_observation(c, "timeout"), ok=False, error="timeout", tool=name,
                                       latency_s=self.tool_timeout_s,
                                       detail=f"{name}({c.query!r}) gave no answer within {self.tool_timeout_s} s"))
@@ -189,6 +211,8 @@ class ToolEnv(AgentEnv):
             text = "" if value is None else str(value)
             out.append(ToolResult(self.observation(text or "(no output)"), latency_s=latency, tool=name,
                                   empty=not text))
+        if timed_out:
+            self.close()  # the hung calls keep their threads; the next batch gets a fresh pool
         return out
 
     def close(self) -> None:
@@ -198,10 +222,12 @@ class ToolEnv(AgentEnv):
 
     # --- scoring -------------------------------------------------------------------------------------------------
     def final_answer(self, response_text: str) -> str | None:
-        """The text inside the last ``<answer>`` of the response (observations removed), None if absent."""
-        text = re.sub(r"<result>.*?</result>", " ", response_text, flags=re.DOTALL)
-        found = re.findall(r"<answer>(.*?)</answer>", text, flags=re.DOTALL)
-        return found[-1].strip() if found else None
+        """The answer of the trajectory's last turn (the text after the last observation), if that turn parses
+        as an ANSWER under :meth:`parse_turn`; else None. An answer in an observation, or in a turn the env
+        rejected, is not the model's answer."""
+        last = response_text.rsplit(RESULT_CLOSE, 1)[-1]
+        parsed = self.parse_turn(last)
+        return parsed.answer if parsed.kind == TurnKind.ANSWER else None
 
     def golds(self, example: Any) -> list[str]:
         gold = self.field(example, self.answer_key)

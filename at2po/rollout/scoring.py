@@ -38,14 +38,17 @@ def score_trees(trees: Sequence[TurnTree], env: Any, tokenizer: Any, reward_fn: 
 def leaf_metrics(trees: Sequence[TurnTree], prefix: str = "rollout/") -> dict[str, float]:
     """Means over the scored leaves of ``trees``: ``{prefix}reward_mean`` and ``{prefix}<k>`` for every key the
     env's metrics report (``tool_calls`` becomes ``tool_calls_mean``: ``{prefix}tool_calls`` is the rollout's
-    total); a leaf without a key does not count towards that key's mean. NaN rewards are left out of the mean."""
+    total; an env metric named ``reward`` is left out: the leaf's reward is ``reward_mean``); a leaf without a key
+    does not count towards that key's mean. NaN rewards are left out of the mean."""
     leaves = [(t, i) for t in trees for i in t.leaves()]
     if not leaves:
         return {}
     rewards = np.array([t.nodes[i].reward for t, i in leaves], dtype=np.float64)  # [L]
     out = {f"{prefix}reward_mean": float(np.nanmean(rewards)) if np.isfinite(rewards).any() else float("nan")}
     infos = [t.nodes[i].info.get("metrics", {}) for t, i in leaves]
-    for k in sorted({k for m in infos for k in m}):
-        name = "tool_calls_mean" if k == "tool_calls" else k
+    for k in sorted({k for m in infos for k in m} - {"reward"}):  # an env's own "reward" metric: the leaf reward is
+        name = "tool_calls_mean" if k == "tool_calls" else k      # {prefix}reward_mean (reward_fn, penalties applied)
+        if f"{prefix}{name}" in out:
+            raise ValueError(f"env metric {k!r} clashes with {prefix}{name}: rename it in the env's metrics")
         out[f"{prefix}{name}"] = float(np.mean([m[k] for m in infos if k in m]))
     return out

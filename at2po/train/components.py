@@ -206,6 +206,12 @@ def resolve_examples(data: Any, env: Any, limit: int | None, name: str) -> list[
     except TypeError:
         raise ConfigError(f"{name}: expected a path, a list or a dataset of rows, got {type(data).__name__}") from None
     convert = getattr(env, "example_from_row", None)
+    if env is None:  # the default env (the search env, built later) takes QA rows
+        from at2po.agent.datasets import row_to_example
+
+        def convert(row: Any, where: str) -> Any:
+            return row_to_example(row, where, source=None, default_id=where)
+
     if convert is None:
         return rows
     return [convert(r, f"{name}[{i}]") if isinstance(r, Mapping) else r for i, r in enumerate(rows)]

@@ -88,6 +88,27 @@ def test_tools_run_concurrently(calc_tok):
     assert [r.status for r in res] == ["ok"] * 3
 
 
+def test_time_queued_for_a_worker_does_not_count_against_the_timeout(calc_tok):
+    # 6 calls of 0.3 s on 2 workers take 0.9 s; each runs 0.3 s < its 0.5 s timeout: none may time out
+    e = ToolEnv(calc_tok, {"nap": lambda a: time.sleep(0.3) or "ok"}, "", tool_workers=2, tool_timeout_s=0.5)
+    res = e.run_tools([e.parse_turn("<nap> x </nap>")] * 6)
+    assert [r.status for r in res] == ["ok"] * 6
+    e.close()
+
+
+def test_hung_tools_cannot_clog_later_batches(calc_tok):
+    release = threading.Event()
+    e = ToolEnv(calc_tok, {"hang": lambda a: release.wait(10) and "late", "ok": lambda a: "fine"}, "",
+                tool_workers=2, tool_timeout_s=0.2)
+    first = e.run_tools([e.parse_turn("<hang> x </hang>")] * 3)  # 2 hang on the workers, 1 never starts
+    assert [r.status for r in first] == ["timeout"] * 3
+    t0 = time.monotonic()
+    assert e.run_tools([e.parse_turn("<ok> y </ok>")])[0].status == "ok"  # a fresh pool, not the hung one
+    assert time.monotonic() - t0 < 0.2
+    release.set()
+    e.close()
+
+
 def test_long_observations_are_cut_to_max_obs_tokens(calc_tok):
     e = ToolEnv(calc_tok, {"echo": lambda a: a * 50}, "", max_obs_tokens=8)
     obs = e.run_tools([e.parse_turn("<echo> 12 + 34 </echo>")])[0].observation
@@ -103,8 +124,11 @@ def test_reward_is_normalised_exact_match_of_the_last_answer(env):
     assert env.reward("no answer at all", ex) == 0.0
     assert env.reward("<answer>x</answer>", {"question": "q", "answer": ["y", "x"]}) == 1.0  # any gold answer
     assert env.metrics(text, ex) == {"em": 1.0, "format_ok": 1.0, "tool_calls": 1.0}
-    # an answer inside an observation is the tool's, not the model's
+    # an answer inside an observation is the tool's, not the model's; one in a rejected turn does not count
     assert env.final_answer("<result> <answer> France </answer> </result>") is None
+    nested = "<think> it is <answer> France </answer> </think>"
+    assert env.parse_turn(nested).kind == TurnKind.INVALID
+    assert env.reward(nested, ex) == 0.0 and env.metrics(nested, ex)["format_ok"] == 0.0
 
 
 def test_a_user_reward_replaces_exact_match(calc_tok):
