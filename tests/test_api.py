@@ -125,3 +125,23 @@ def test_trainer_names_a_bad_row(calc_init, calc_tok, tmp_path):
         Trainer(model=str(calc_init), env=env, train_dataset=rows, eval_dataset=rows[:1],
                 args=_args(tmp_path / "bad", 1)).train()
     env.close()
+
+
+def test_a_model_object_with_kl_gets_a_frozen_copy_as_reference(calc_init, calc_tok, tmp_path):
+    """With loss.kl_coef > 0 the reference is the object as given, copied: after the first update the policy has
+    moved away from it (KL > 0), which an alias of the trained object could never show."""
+    from at2po.train.components import load_policy
+
+    model = load_policy(as_config([f"model.path={calc_init}"]).model, trainable=True)
+    env = calculator.CalculatorEnv(calc_tok)
+    given: list[float] = []
+    rec = Recorder(given)
+    args = _args(tmp_path / "kl", 2)
+    args["loss"] = {"kl_coef": 0.1}
+    args["eval"] = {"max_examples": 1}
+    rows = calculator.make_dataset(4, seed=2)
+    Trainer(model=model, env=env, reward_fn=lambda text, ex: given.append(len(text) % 2) or given[-1],
+            train_dataset=rows, eval_dataset=rows[:1], args=args, callbacks=[rec]).train()
+    kl = [m["actor/kl_loss"] for kind, _, _, m in rec.events if kind == "step"]
+    assert kl[0] == pytest.approx(0.0, abs=1e-6) and kl[1] > 1e-6
+    env.close()
