@@ -18,6 +18,10 @@ class UserError(Exception):
     """An error the user can fix from its message alone (printed without a traceback by the CLI)."""
 
 
+class EnvError(UserError, ValueError):
+    """An environment (the user's ``AgentEnv``) returned something the trainer cannot use; the message names it."""
+
+
 class RunStopped(UserError):
     """A run stopped by a guard; the message names the cause and what survived."""
 

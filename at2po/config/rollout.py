@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from at2po.config.errors import registered
 
 
 class VLLMConfig(BaseModel):
@@ -48,7 +50,9 @@ class RolloutConfig(BaseModel):
     l: int = Field(2, ge=0, description="expansion rounds")  # noqa: E741 - the paper's name; a public config key
     k: int = Field(6, ge=0, description="nodes forked per tree per round")
     alpha: float = Field(0.05, ge=0.0, description="branch penalty α in s(n) = H(n) − α·|siblings|")
-    expansion: Literal["entropy", "random"] = "entropy"
+    # a registered expansion mode (at2po.core.expansion.EXPANSION_MODES): entropy (AT²PO), random (Tree-GRPO), or
+    # one added with register_expansion_mode
+    expansion: str = "entropy"
     expand_leaves: bool = False  # allow leaves as fork candidates (the spec uses non-leaf nodes only)
     # lockstep: round r of every tree starts when all trees finished round r−1 (the reference code's batching);
     # per_tree: a tree starts its next round as soon as its own branches have ended (never more phases; pays off
@@ -78,3 +82,8 @@ class RolloutConfig(BaseModel):
     batch_memory_gb: float = Field(4.0, gt=0, description="HF engine: running-batch key/values, GB")
     engine: Literal["hf", "vllm"] = "hf"  # the trainer's choice of sampling engine; the driver never looks
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)  # used when engine == "vllm"
+
+    @field_validator("expansion")
+    @classmethod
+    def _known_expansion(cls, v: str) -> str:
+        return registered(v, "at2po.core.expansion:EXPANSION_MODES")

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from at2po.config.env import EnvConfig
-from at2po.config.errors import ConfigError
+from at2po.config.errors import ConfigError, registered
 from at2po.config.presets import get_preset
 from at2po.config.rollout import RolloutConfig
 
@@ -44,17 +44,12 @@ class DataConfig(_Section):
     max_test_examples: int | None = Field(None, ge=1)
 
 
-def _registered(kind: str, name: str, registry: Mapping[str, Any], how: str) -> str:
-    if name not in registry:
-        raise ValueError(f"unknown {kind} {name!r}; registered: {sorted(registry)} ({how}, and list the module that "
-                         "registers it under `imports:` in the config)")
-    return name
-
-
 class CreditConfig(_Section):
     name: str = "at2po"  # a registered estimator (at2po.core.credit.CREDIT_ESTIMATORS): grpo, tree_grpo, at2po, ...
-    value_mode: Literal["child_weighted", "child_softmax", "child_mean", "leaf_mean"] = "child_weighted"
-    adv_mode: Literal["value", "td", "global", "td+global"] = "value"
+    # registered value / advantage modes (at2po.core.credit.VALUE_MODES, ADV_MODES): child_weighted, child_softmax,
+    # child_mean, leaf_mean / value, td, global, td+global, or names added with register_value_mode/register_adv_mode
+    value_mode: str = "child_weighted"
+    adv_mode: str = "value"
     normalize_leaves: bool = True
     std: Literal["population", "sample"] = "population"
     eps: float = Field(1e-6, gt=0)
@@ -62,11 +57,17 @@ class CreditConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known_estimator(cls, v: str) -> str:
-        from at2po.core.credit import CREDIT_ESTIMATORS
+        return registered(v, "at2po.core.credit:CREDIT_ESTIMATORS")
 
-        return _registered(
-            "credit estimator", v, CREDIT_ESTIMATORS, "add one with at2po.core.credit.register_estimator"
-        )
+    @field_validator("value_mode")
+    @classmethod
+    def _known_value_mode(cls, v: str) -> str:
+        return registered(v, "at2po.core.credit:VALUE_MODES")
+
+    @field_validator("adv_mode")
+    @classmethod
+    def _known_adv_mode(cls, v: str) -> str:
+        return registered(v, "at2po.core.credit:ADV_MODES")
 
     def options(self) -> dict[str, Any]:
         """Keyword options for :func:`at2po.core.credit.estimate` (value/advantage modes only for ``at2po``)."""
@@ -80,9 +81,9 @@ class LossConfig(_Section):
     name: str = "turn"  # a registered policy loss (at2po.core.losses.POLICY_LOSSES): token, sequence, turn, aepo, ...
     clip_low: float | None = Field(None, ge=0)  # ε_l; None = the loss's paper default
     clip_high: float | None = Field(None, ge=0)  # ε_r
-    agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = (
-        "seq-mean-token-mean"
-    )
+    # a registered aggregation (at2po.core.losses.AGG_MODES): token-mean, seq-mean-token-mean, seq-mean-token-sum,
+    # seq-mean-token-sum-norm, or one added with register_aggregation
+    agg: str = "seq-mean-token-mean"
     clip_ratio_c: float | None = Field(None, gt=1.0)  # dual clip (token loss), None = off
     kl_coef: float = Field(0.0, ge=0)  # > 0 recomputes reference log-probs and adds β·KL
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
@@ -99,9 +100,12 @@ class LossConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known_loss(cls, v: str) -> str:
-        from at2po.core.losses import POLICY_LOSSES
+        return registered(v, "at2po.core.losses:POLICY_LOSSES")
 
-        return _registered("policy loss", v, POLICY_LOSSES, "add one with at2po.core.losses.register_policy_loss")
+    @field_validator("agg")
+    @classmethod
+    def _known_agg(cls, v: str) -> str:
+        return registered(v, "at2po.core.losses:AGG_MODES")
 
     def clips(self) -> tuple[float, float]:
         from at2po.core.losses import default_clip

@@ -32,10 +32,8 @@ from at2po.core.forest import (
     segment_normalize,
     validate_forest,
 )
+from at2po.core.registry import Registry
 from at2po.core.tree import TreeArrays
-
-VALUE_MODES = ("child_weighted", "child_softmax", "child_mean", "leaf_mean")
-ADV_MODES = ("value", "td", "global", "td+global")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -63,44 +61,91 @@ def _check_inputs(
     return parent, entropy, reward, leaves
 
 
-def _child_weights(parent: np.ndarray, entropy: np.ndarray, value_mode: str) -> np.ndarray:
-    """w_c for every non-root node c, normalised over its siblings (roots get 0).  # [N]
-
-    child_weighted: w_c = H(c) / Σ_{siblings} H, uniform when the siblings' H sum to 0 (paper, Eq. 3);
-    child_softmax:  w_c = exp(H(c)) / Σ_{siblings} exp(H) (reference code; max-shifted for stability);
-    child_mean:     w_c = 1 / |siblings|.
-    """
-    n = parent.size
-    nonroot = parent >= 0
-    p = parent[nonroot]
-    h = entropy[nonroot]
-    cnt = child_count(parent)[p].astype(np.float64)
-    if value_mode == "child_mean":
-        w = 1.0 / cnt
-    elif value_mode == "child_weighted":
-        if (h < 0).any():
-            j = int(np.flatnonzero(nonroot)[np.flatnonzero(h < 0)[0]])
-            raise ValueError(f"node {j} has negative entropy {entropy[j]}: child_weighted needs H >= 0")
-        total = np.bincount(p, weights=h, minlength=n)[p]
-        # all-zero entropies among siblings (e.g. greedy turns): fall back to the plain mean
-        w = np.where(total > 0, h / np.where(total > 0, total, 1.0), 1.0 / cnt)
-    elif value_mode == "child_softmax":
-        hmax = np.full(n, -np.inf)
-        np.maximum.at(hmax, p, h)
-        e = np.exp(h - hmax[p])
-        w = e / np.bincount(p, weights=e, minlength=n)[p]
-    else:
-        raise ValueError(f"value_mode must be one of {VALUE_MODES}, got {value_mode!r}")
-    out = np.zeros(n)
-    out[nonroot] = w
-    return out
-
-
 def _levels(depth: np.ndarray) -> list[np.ndarray]:
     """Node indices grouped by depth, deepest first (so children are final before their parents)."""
     order = np.argsort(depth, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(depth))])
     return [order[bounds[d] : bounds[d + 1]] for d in range(len(bounds) - 2, 0, -1)]
+
+
+def propagate_weighted(parent: np.ndarray, weights: np.ndarray, leaf_values: np.ndarray) -> np.ndarray:
+    """V(leaf) = leaf_values(leaf), V(n) = Σ_{c ∈ children(n)} w_c · V(c), bottom-up one depth level at a time over
+    the whole forest (``weights`` [N]: w_c of each non-root node; roots' entries are ignored).  # [N] float64"""
+    parent = np.asarray(parent, dtype=np.int64)
+    v = np.asarray(leaf_values, dtype=np.float64).copy()  # internal nodes start at 0
+    w = np.asarray(weights, dtype=np.float64)
+    n = parent.size
+    for lvl in _levels(node_depth(parent)):
+        v += np.bincount(parent[lvl], weights=w[lvl] * v[lvl], minlength=n)
+    return v
+
+
+# --- value modes: fn(parent [N], entropy [N], leaf_values [N] (r̂ on leaves, 0 elsewhere), leaves [N]) -> V [N] --
+ValueFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+VALUE_MODES: Registry[ValueFn] = Registry("value mode", "at2po.core.credit.register_value_mode")
+
+
+def register_value_mode(name: str) -> Callable[[ValueFn], ValueFn]:
+    """Decorator adding a value mode ``fn(parent, entropy, leaf_values, leaves) -> V`` [N]; then
+    ``credit.value_mode: <name>`` selects it (:func:`propagate_weighted` builds V from per-child weights)."""
+    return VALUE_MODES.decorator(name)
+
+
+def _sibling_stats(parent: np.ndarray, entropy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    nonroot = parent >= 0
+    p = parent[nonroot]
+    return nonroot, p, entropy[nonroot]
+
+
+def _scatter_nonroot(nonroot: np.ndarray, w: np.ndarray) -> np.ndarray:
+    out = np.zeros(nonroot.size)
+    out[nonroot] = w
+    return out
+
+
+@register_value_mode("child_weighted")
+def _child_weighted(parent: np.ndarray, entropy: np.ndarray, leaf_values: np.ndarray, leaves: np.ndarray) -> np.ndarray:
+    """Paper, Eq. 3: w_c = H(c) / Σ_{siblings} H, uniform when the siblings' H sum to 0."""
+    nonroot, p, h = _sibling_stats(parent, entropy)
+    if (h < 0).any():
+        j = int(np.flatnonzero(nonroot)[np.flatnonzero(h < 0)[0]])
+        raise ValueError(f"node {j} has negative entropy {entropy[j]}: child_weighted needs H >= 0")
+    total = np.bincount(p, weights=h, minlength=parent.size)[p]
+    cnt = child_count(parent)[p].astype(np.float64)
+    # all-zero entropies among siblings (e.g. greedy turns): fall back to the plain mean
+    w = np.where(total > 0, h / np.where(total > 0, total, 1.0), 1.0 / cnt)
+    return propagate_weighted(parent, _scatter_nonroot(nonroot, w), leaf_values)
+
+
+@register_value_mode("child_softmax")
+def _child_softmax(parent: np.ndarray, entropy: np.ndarray, leaf_values: np.ndarray, leaves: np.ndarray) -> np.ndarray:
+    """Reference code: w_c = exp(H(c)) / Σ_{siblings} exp(H) (max-shifted for stability)."""
+    nonroot, p, h = _sibling_stats(parent, entropy)
+    hmax = np.full(parent.size, -np.inf)
+    np.maximum.at(hmax, p, h)
+    e = np.exp(h - hmax[p])
+    w = e / np.bincount(p, weights=e, minlength=parent.size)[p]
+    return propagate_weighted(parent, _scatter_nonroot(nonroot, w), leaf_values)
+
+
+@register_value_mode("child_mean")
+def _child_mean(parent: np.ndarray, entropy: np.ndarray, leaf_values: np.ndarray, leaves: np.ndarray) -> np.ndarray:
+    """w_c = 1 / |siblings|."""
+    nonroot, p, _ = _sibling_stats(parent, entropy)
+    w = 1.0 / child_count(parent)[p].astype(np.float64)
+    return propagate_weighted(parent, _scatter_nonroot(nonroot, w), leaf_values)
+
+
+@register_value_mode("leaf_mean")
+def _leaf_mean(parent: np.ndarray, entropy: np.ndarray, leaf_values: np.ndarray, leaves: np.ndarray) -> np.ndarray:
+    """V(n) = mean of r̂ over the leaves below n (sum and count accumulated bottom-up); 0 where none."""
+    n = parent.size
+    s = np.asarray(leaf_values, dtype=np.float64).copy()
+    c = np.asarray(leaves, dtype=np.float64).copy()
+    for lvl in _levels(node_depth(parent)):
+        s += np.bincount(parent[lvl], weights=s[lvl], minlength=n)
+        c += np.bincount(parent[lvl], weights=c[lvl], minlength=n)
+    return np.where(c > 0, s / np.maximum(c, 1.0), 0.0)
 
 
 def node_values(
@@ -120,54 +165,70 @@ def node_values(
     (``normalize_leaves=False``: V(ℓ) = r(ℓ); ``std``: "population" (reference code) or "sample").
     Internal nodes, bottom-up: V(n) = Σ_{c ∈ children(n)} w_c · V(c) with w from ``value_mode``
     (``child_weighted`` w_c = H(c)/Σ H — uniform if all H are 0; ``child_softmax`` w = softmax(H);
-    ``child_mean`` w = 1/|children|), or ``leaf_mean``: V(n) = mean of r̂ over the leaves below n.
-    A root with no children gets V = 0.
+    ``child_mean`` w = 1/|children|), or ``leaf_mean``: V(n) = mean of r̂ over the leaves below n; or any mode
+    added with :func:`register_value_mode`. A root with no children gets V = 0.
     """
-    if value_mode not in VALUE_MODES:
-        raise ValueError(f"value_mode must be one of {VALUE_MODES}, got {value_mode!r}")
+    fn = VALUE_MODES.lookup(value_mode)
     parent, entropy, reward, leaves = _check_inputs(parent, entropy, reward, tree_index)
     tidx = forest_tree_index(parent)
     if normalize_leaves:
         rhat = segment_normalize(reward, tidx, leaves, std=std, eps=eps)
     else:
         rhat = np.where(leaves, reward, 0.0)
-    n = parent.size
-    levels = _levels(node_depth(parent))
-    if value_mode == "leaf_mean":
-        # sum and count of leaf values below each node, accumulated bottom-up
-        s = rhat.copy()
-        c = leaves.astype(np.float64)
-        for lvl in levels:
-            s += np.bincount(parent[lvl], weights=s[lvl], minlength=n)
-            c += np.bincount(parent[lvl], weights=c[lvl], minlength=n)
-        return np.where(c > 0, s / np.maximum(c, 1.0), 0.0)
-    w = _child_weights(parent, entropy, value_mode)
-    v = rhat.copy()  # internal nodes start at 0 and receive Σ w_c V(c) once their children are final
-    for lvl in levels:
-        v += np.bincount(parent[lvl], weights=w[lvl] * v[lvl], minlength=n)
+    v = np.asarray(fn(parent, entropy, rhat, leaves), dtype=np.float64)
+    if v.shape != parent.shape:
+        raise ValueError(f"value mode {value_mode!r} returned shape {v.shape}, expected {parent.shape}")
     return v
 
 
+# --- advantage modes: fn(values [N], parent [N]) -> A [N] (roots are set to 0 afterwards) ------------------------
+AdvFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+ADV_MODES: Registry[AdvFn] = Registry("advantage mode", "at2po.core.credit.register_adv_mode")
+
+
+def register_adv_mode(name: str) -> Callable[[AdvFn], AdvFn]:
+    """Decorator adding an advantage mode ``fn(values, parent) -> A`` [N] (roots get 0 afterwards); then
+    ``credit.adv_mode: <name>`` selects it."""
+    return ADV_MODES.decorator(name)
+
+
+@register_adv_mode("value")
+def _adv_value(values: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    """A(n) = V(n)."""
+    return values.copy()
+
+
+@register_adv_mode("td")
+def _adv_td(values: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    """A(n) = V(n) − V(parent(n))."""
+    return values - values[np.maximum(parent, 0)]
+
+
+@register_adv_mode("global")
+def _adv_global(values: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    """A(n) = V(n) − V(root)."""
+    return values - values[root_of(parent)]
+
+
+@register_adv_mode("td+global")
+def _adv_td_global(values: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    """A(n) = [V(n) − V(parent(n))] + [V(n) − V(root)]."""
+    return _adv_td(values, parent) + _adv_global(values, parent)
+
+
 def advantages_from_values(values: np.ndarray, parent: np.ndarray, adv_mode: str = "value") -> np.ndarray:
-    """A(n) from V(n); roots get 0.  # [N] float64
+    """A(n) from V(n) by ``adv_mode``; roots get 0.  # [N] float64
 
     value: A = V(n); td: A = V(n) − V(parent(n)); global: A = V(n) − V(root);
-    td+global: A = [V(n) − V(parent(n))] + [V(n) − V(root)].
+    td+global: A = [V(n) − V(parent(n))] + [V(n) − V(root)]; or a mode added with :func:`register_adv_mode`.
     """
-    if adv_mode not in ADV_MODES:
-        raise ValueError(f"adv_mode must be one of {ADV_MODES}, got {adv_mode!r}")
-    nonroot = parent >= 0
-    v_parent = values[np.maximum(parent, 0)]
-    v_root = values[root_of(parent)]
-    if adv_mode == "value":
-        a = values.copy()
-    elif adv_mode == "td":
-        a = values - v_parent
-    elif adv_mode == "global":
-        a = values - v_root
-    else:
-        a = (values - v_parent) + (values - v_root)
-    return np.where(nonroot, a, 0.0)
+    fn = ADV_MODES.lookup(adv_mode)
+    parent = np.asarray(parent, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    a = np.asarray(fn(values, parent), dtype=np.float64)
+    if a.shape != parent.shape:
+        raise ValueError(f"advantage mode {adv_mode!r} returned shape {a.shape}, expected {parent.shape}")
+    return np.where(parent >= 0, a, 0.0)
 
 
 def turn_advantages(
@@ -187,8 +248,7 @@ def turn_advantages(
     ``value``: A(n) = V(n); ``td``: V(n) − V(parent); ``global``: V(n) − V(root); ``td+global``: the sum of the
     two. The trainer broadcasts A(n) to every generated token of n's turn.  # [N] float64
     """
-    if adv_mode not in ADV_MODES:
-        raise ValueError(f"adv_mode must be one of {ADV_MODES}, got {adv_mode!r}")
+    ADV_MODES.lookup(adv_mode)  # fail before any work
     v = node_values(
         parent, entropy, reward, value_mode, normalize_leaves, tree_index=tree_index, std=std, eps=eps
     )
@@ -239,21 +299,12 @@ def token_advantages(
 
 
 Estimator = Callable[..., Credit]
-CREDIT_ESTIMATORS: dict[str, Estimator] = {}
+CREDIT_ESTIMATORS: Registry[Estimator] = Registry("credit estimator", "at2po.core.credit.register_estimator")
 
 
 def register_estimator(name: str) -> Callable[[Estimator], Estimator]:
     """Decorator adding an estimator ``fn(arrays, tree_index, group, **options) -> Credit`` to the registry."""
-
-    def deco(fn: Estimator) -> Estimator:
-        old = CREDIT_ESTIMATORS.get(name)
-        same = old is not None and (old.__module__, old.__qualname__) == (fn.__module__, fn.__qualname__)
-        if old is not None and not same:  # the same function again (a plugin imported twice) is fine
-            raise ValueError(f"credit estimator {name!r} is already registered")
-        CREDIT_ESTIMATORS[name] = fn
-        return fn
-
-    return deco
+    return CREDIT_ESTIMATORS.decorator(name)
 
 
 def estimate(
@@ -269,10 +320,9 @@ def estimate(
     ``at2po`` (value_mode, adv_mode, normalize_leaves, std, eps). Unknown names/options raise with the list
     of valid ones.
     """
-    if name not in CREDIT_ESTIMATORS:
-        raise ValueError(f"unknown credit estimator {name!r}; registered: {sorted(CREDIT_ESTIMATORS)}")
+    fn = CREDIT_ESTIMATORS.lookup(name)
     validate_forest(arrays.parent, tree_index)
-    return CREDIT_ESTIMATORS[name](arrays, np.asarray(tree_index), group, **options)
+    return fn(arrays, np.asarray(tree_index), group, **options)
 
 
 def _leaf_rewards(arrays: TreeArrays) -> tuple[np.ndarray, np.ndarray]:
@@ -353,7 +403,10 @@ __all__ = [
     "advantages_from_values",
     "estimate",
     "node_values",
+    "propagate_weighted",
+    "register_adv_mode",
     "register_estimator",
+    "register_value_mode",
     "token_advantages",
     "turn_advantages",
 ]

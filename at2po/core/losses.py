@@ -27,36 +27,83 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from at2po.core.diagnostics import KL_ESTIMATORS, kl_estimate, turn_entropy, turn_entropy_ref
+from at2po.core.registry import Registry, function_identity
 from at2po.core.segments import checked_turn_index, turn_mean, turn_sum
 
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 _MAX_LOG_RATIO = 20.0  # exp(±20) keeps the ratio finite in fp32; such tokens are clipped anyway
 
 
+@dataclass(frozen=True)
+class Aggregation:
+    """A registered loss aggregation: ``fn(x [B, T], mask_f [B, T], norm) -> scalar`` and its micro-batch
+    ``weight``: "tokens" when a mini-batch's loss is a mean over its tokens (gradient accumulation weighs each
+    micro-batch by its share of response tokens), "rows" when it is a mean over its rows (share of rows)."""
+
+    fn: Callable[[torch.Tensor, torch.Tensor, float | None], torch.Tensor]
+    weight: Literal["tokens", "rows"]
+
+
+AGG_MODES: Registry[Aggregation] = Registry("loss aggregation", "at2po.core.losses.register_aggregation",
+                                            identity=lambda a: function_identity(a.fn))
+
+
+def register_aggregation(
+    name: str, weight: Literal["tokens", "rows"] = "rows",
+) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
+    """Decorator adding an aggregation ``fn(x, mask_f, norm) -> scalar`` (then ``loss.agg: <name>`` selects it).
+    ``weight``: how gradient accumulation weighs micro-batches — "tokens" for a mean over tokens, "rows" for a
+    mean over rows (see :class:`Aggregation`)."""
+    if weight not in ("tokens", "rows"):
+        raise ValueError(f"aggregation weight must be 'tokens' or 'rows', got {weight!r}")
+
+    def deco(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        AGG_MODES.add(name, Aggregation(fn, weight))
+        return fn
+
+    return deco
+
+
+@register_aggregation("token-mean", weight="tokens")
+def _token_mean(x: torch.Tensor, mask_f: torch.Tensor, norm: float | None) -> torch.Tensor:
+    return (x * mask_f).sum() / mask_f.sum().clamp(min=1.0)
+
+
+def _rows(x: torch.Tensor, mask_f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    row_sum = (x * mask_f).sum(-1)  # [B]
+    row_n = mask_f.sum(-1)  # [B]
+    return row_sum, row_n, (row_n > 0).to(x.dtype).sum().clamp(min=1.0)
+
+
+@register_aggregation("seq-mean-token-mean")
+def _seq_mean_token_mean(x: torch.Tensor, mask_f: torch.Tensor, norm: float | None) -> torch.Tensor:
+    row_sum, row_n, n_rows = _rows(x, mask_f)
+    return (row_sum / row_n.clamp(min=1.0)).sum() / n_rows
+
+
+@register_aggregation("seq-mean-token-sum")
+def _seq_mean_token_sum(x: torch.Tensor, mask_f: torch.Tensor, norm: float | None) -> torch.Tensor:
+    row_sum, _, n_rows = _rows(x, mask_f)
+    return row_sum.sum() / n_rows
+
+
+@register_aggregation("seq-mean-token-sum-norm")
+def _seq_mean_token_sum_norm(x: torch.Tensor, mask_f: torch.Tensor, norm: float | None) -> torch.Tensor:
+    return (x * mask_f).sum() / float(norm if norm is not None else x.shape[-1])
+
+
 def aggregate(x: torch.Tensor, mask_f: torch.Tensor, agg: str, norm: float | None = None) -> torch.Tensor:
-    """Reduce a [B, T] per-token loss to a scalar.
+    """Reduce a [B, T] per-token loss to a scalar by registered aggregation ``agg``.
 
     token-mean: Σ_it M x / Σ_it M;  seq-mean-token-mean (ATPO): mean over non-empty rows of (Σ_t M x / Σ_t M);
     seq-mean-token-sum: mean over non-empty rows of Σ_t M x;  seq-mean-token-sum-norm (Dr. GRPO):
-    Σ_it M x / norm with norm = T unless given.
+    Σ_it M x / norm with norm = T unless given; or one added with :func:`register_aggregation`.
     """
-    xm = x * mask_f
-    if agg == "token-mean":
-        return xm.sum() / mask_f.sum().clamp(min=1.0)
-    row_sum = xm.sum(-1)  # [B]
-    row_n = mask_f.sum(-1)  # [B]
-    n_rows = (row_n > 0).to(x.dtype).sum().clamp(min=1.0)
-    if agg == "seq-mean-token-mean":
-        return (row_sum / row_n.clamp(min=1.0)).sum() / n_rows
-    if agg == "seq-mean-token-sum":
-        return row_sum.sum() / n_rows
-    if agg == "seq-mean-token-sum-norm":
-        return row_sum.sum() / float(norm if norm is not None else x.shape[-1])
-    raise ValueError(f"agg must be one of {AGG_MODES}, got {agg!r}")
+    return AGG_MODES.lookup(agg).fn(x, mask_f, norm)
 
 
 # --- ratios: each returns r [B, T] (value as documented, gradient r · ∇log π_θ(y_t)) -----------------------
@@ -98,7 +145,8 @@ class PolicyLossSpec:
     balanced_upper: bool = False
 
 
-POLICY_LOSSES: dict[str, PolicyLossSpec] = {}
+POLICY_LOSSES: Registry[PolicyLossSpec] = Registry("policy loss", "at2po.core.losses.register_policy_loss",
+                                                   identity=lambda spec: function_identity(spec.ratio))
 
 
 def register_policy_loss(
@@ -107,12 +155,8 @@ def register_policy_loss(
 ) -> PolicyLossSpec:
     """Add a policy loss to the registry (then ``loss.name: <name>`` selects it from YAML or the CLI; list the
     registering module under ``imports:`` in the config). Names are unique."""
-    old = POLICY_LOSSES.get(name)
-    if old is not None and not _same_function(old.ratio, ratio):  # a plugin imported twice re-registers itself
-        raise ValueError(f"policy loss {name!r} is already registered")
     spec = PolicyLossSpec(ratio, (float(default_clip[0]), float(default_clip[1])), needs_turn_ids, balanced_upper)
-    POLICY_LOSSES[name] = spec
-    return spec
+    return POLICY_LOSSES.add(name, spec)  # a plugin imported twice re-registers the same ratio: fine
 
 
 register_policy_loss("token", _token_ratio, (0.2, 0.2))  # GRPO / PPO / DAPO
@@ -121,14 +165,9 @@ register_policy_loss("turn", _turn_ratio, (3e-3, 4e-3), needs_turn_ids=True)  # 
 register_policy_loss("aepo", _token_ratio, (0.2, 0.2), balanced_upper=True)  # AEPO (paper)
 
 
-def _same_function(a: Callable, b: Callable) -> bool:
-    return a is b or (getattr(a, "__module__", None), getattr(a, "__qualname__", None)) == (
-        getattr(b, "__module__", None), getattr(b, "__qualname__", None))
-
-
 def default_clip(name: str) -> tuple[float, float]:
     """The registered loss's paper clip (ε_l, ε_r)."""
-    return POLICY_LOSSES[name].default_clip
+    return POLICY_LOSSES.lookup(name).default_clip
 
 
 def _clip_ratio(spec: PolicyLossSpec, ratio: torch.Tensor, eps_l: float, eps_h: float) -> torch.Tensor:
@@ -188,10 +227,8 @@ def policy_loss(
     (call ``.item()`` when logging): pg_loss, pg_clipfrac, pg_clipfrac_turn, ppo_kl (k1), approx_kl (k3),
     ratio_mean/min/max, turn_entropy (H_turn), and kl_loss / entropy / pg_clipfrac_dual when used.
     """
-    if name not in POLICY_LOSSES:
-        raise ValueError(f"unknown policy loss {name!r}; registered: {sorted(POLICY_LOSSES)}")
-    if agg not in AGG_MODES:
-        raise ValueError(f"agg must be one of {AGG_MODES}, got {agg!r}")
+    POLICY_LOSSES.lookup(name)
+    AGG_MODES.lookup(agg)
     shape = log_prob.shape
     if log_prob.dim() != 2:
         raise ValueError(f"log_prob must be [B, T], got shape {tuple(shape)}")
@@ -280,6 +317,6 @@ def policy_loss(
 
 
 __all__ = [
-    "AGG_MODES", "POLICY_LOSSES", "PolicyLossSpec", "aggregate", "default_clip", "entropy_aware_advantages",
-    "policy_loss", "register_policy_loss",
+    "AGG_MODES", "POLICY_LOSSES", "Aggregation", "PolicyLossSpec", "aggregate", "default_clip",
+    "entropy_aware_advantages", "policy_loss", "register_aggregation", "register_policy_loss",
 ]

@@ -31,12 +31,13 @@ import torch
 
 from at2po.agent.env import AgentEnv
 from at2po.config.rollout import RolloutConfig
-from at2po.core.expansion import select_nodes_forest
+from at2po.core.expansion import EXPANSION_MODES, select_nodes_forest
 from at2po.core.tree import TurnTree, stack_trees
 from at2po.rollout.continuous import ContinuousRunner
 from at2po.rollout.engine import Engine
-from at2po.rollout.phase import Branch, PhaseRunner, tree_seed, turn_seed
+from at2po.rollout.phase import Branch, PhaseRunner
 from at2po.rollout.sampling import uniforms
+from at2po.rollout.seeds import tree_seed, turn_seed
 
 
 @dataclass
@@ -73,7 +74,8 @@ def rollout(engine: Engine, env: AgentEnv, examples: list[Any], cfg: RolloutConf
 def _run_trees(runner: PhaseRunner, trees: list[TurnTree], cfg: RolloutConfig) -> None:
     """M initial chains per tree, then L expansion rounds of K forks per tree (``cfg.tree_schedule``: each tree
     starts its next round as soon as its own branches have ended, or all trees round by round)."""
-    random_groups = cfg.expansion == "random"  # Tree-GRPO: each initial chain is its own group (tree)
+    # Tree-GRPO (random expansion): each chain from the root is its own group (tree)
+    random_groups = EXPANSION_MODES.lookup(cfg.expansion).chain_groups
     next_group = [cfg.m] * len(trees)
 
     def forks(ts: list[int], r: int) -> list[Branch]:

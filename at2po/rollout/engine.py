@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from at2po.rollout.sampling import derive_seed
+from at2po.rollout.seeds import derive_seed
 
 FinishReason = Literal["stop", "eos", "length"]
 

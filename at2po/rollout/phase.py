@@ -16,26 +16,13 @@ from typing import TYPE_CHECKING
 from at2po.agent.env import AgentEnv, ParsedTurn, ToolResult, TurnKind
 from at2po.core.tree import TurnEnd, TurnTree
 from at2po.rollout.engine import Engine, Generation, SamplingParams, cut
-from at2po.rollout.sampling import derive_seed
+from at2po.rollout.seeds import turn_seed
 from at2po.rollout.tool_stats import tool_info
 
 if TYPE_CHECKING:
     from at2po.config.rollout import RolloutConfig
 
 log = logging.getLogger(__name__)
-
-
-def turn_seed(parent_seed: int, kind: int, round: int = 0, j: int = 0) -> int:
-    """The random stream of a turn, derived from its position in the tree, never from batching or timing:
-    ``kind`` 0 with j = the chain's index for the initial chains (parent: the tree's seed) and j = 0 for the turn
-    after a tool call (parent: the calling turn's seed); ``kind`` 1 for the j-th fork of a node in round r
-    (parent: the forked node's seed, or the tree's for the root). So every batching mode and tree schedule
-    builds the same trees."""
-    return derive_seed(derive_seed(derive_seed(parent_seed, kind), round), j)
-
-
-def tree_seed(seed: int, tree: int) -> int:
-    return derive_seed(seed, tree)
 
 
 @dataclass

@@ -23,12 +23,6 @@ def hash32(x: torch.Tensor) -> torch.Tensor:
     return (x >> 16) ^ x
 
 
-def derive_seed(base: int, index: int) -> int:
-    """32-bit seed of sequence ``index`` of a call with base seed ``base``."""
-    t = torch.tensor([(base * 0x9E3779B1 + index * 0x85EBCA6B + 0x27D4EB2F) & _M32], dtype=torch.int64)
-    return int(hash32(hash32(t) ^ (base & _M32))[0])
-
-
 def uniforms(seeds: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
     """u ~ U(0, 1) per sequence for decode step ``step`` (one int, or one per sequence: the number of tokens that
     sequence has sampled so far): u = (hash(seed ⊕ hash(step)) + 0.5) / 2**32.  # [B]"""

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from at2po.core.tree import TurnTree
+from at2po.errors import EnvError
 
 RewardFn = Callable[[str, Any], float]  # (response text after the prompt, example) → reward
 
@@ -49,6 +50,6 @@ def leaf_metrics(trees: Sequence[TurnTree], prefix: str = "rollout/") -> dict[st
     for k in sorted({k for m in infos for k in m} - {"reward"}):  # an env's own "reward" metric: the leaf reward is
         name = "tool_calls_mean" if k == "tool_calls" else k      # {prefix}reward_mean (reward_fn, penalties applied)
         if f"{prefix}{name}" in out:
-            raise ValueError(f"env metric {k!r} clashes with {prefix}{name}: rename it in the env's metrics")
+            raise EnvError(f"env metric {k!r} clashes with {prefix}{name}: rename it in the env's metrics")
         out[f"{prefix}{name}"] = float(np.mean([m[k] for m in infos if k in m]))
     return out

@@ -32,8 +32,9 @@ from at2po.config import RunConfig, save_config
 from at2po.core.tree import TurnEnd, TurnTree
 from at2po.errors import UserError
 from at2po.train.batching import collate
+from at2po.train.grad_step import accumulated_step
 from at2po.train.logprobs import scored_log_probs
-from at2po.train.update import backward_scope, forward_spec, plan_micro_batches
+from at2po.train.update import forward_spec, plan_micro_batches
 
 
 class DemoError(UserError, ValueError):
@@ -143,32 +144,36 @@ def sft(
     rng = np.random.default_rng(cfg.train.seed)
     spec = forward_spec(cfg.train)
     idx = np.arange(len(rows))[acc.process_index :: acc.num_processes]
-    step = 0
+    # the same number of steps on every process (shards differ by at most one row): a process whose shard runs out
+    # first joins the last step's all-reduce with a zero gradient
+    steps_per_epoch = math.ceil(math.ceil(len(rows) / acc.num_processes) / cfg.sft.batch_rows)
+    pad_id = int(tokenizer.pad_token_id)
+
+    def loss_of(g: list[int], n_tok: float) -> tuple[torch.Tensor, torch.Tensor]:
+        sub = batch.select(g).to(acc.device)  # demonstrations share the instruction prompt: packed once
+        with acc.autocast():
+            lp = scored_log_probs(model, sub.input_ids, sub.attention_mask, sub.response_mask, spec=spec).log_prob
+        nll = -(lp.float() * sub.response_mask).sum() / max(n_tok, 1.0)  # token-mean over the batch
+        return nll, nll
+
+    step = skipped = 0
     model.train()
     for epoch in range(cfg.sft.epochs):
         t0 = time.perf_counter()
         order = rng.permutation(idx)
-        for s in range(0, len(order), cfg.sft.batch_rows):
-            part = order[s : s + cfg.sft.batch_rows]
+        for s in range(steps_per_epoch):
+            part = order[s * cfg.sft.batch_rows : (s + 1) * cfg.sft.batch_rows]
             n_tok = float(batch.response_mask[part].sum())
-            total = 0.0
-            for g in plan_micro_batches(batch, part, cfg.train.micro_batch_tokens, spec.packing):
-                sub = batch.select(g).to(acc.device)  # demonstrations share the instruction prompt: packed once
-                with backward_scope(model, spec):
-                    with acc.autocast():
-                        lp = scored_log_probs(
-                            model, sub.input_ids, sub.attention_mask, sub.response_mask, spec=spec
-                        ).log_prob
-                    nll = -(lp.float() * sub.response_mask).sum() / max(n_tok, 1.0)  # token-mean over the batch
-                    acc.backward(nll)
-                total += float(nll.detach())
-            gnorm = acc.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
-            if math.isfinite(total) and math.isfinite(float(gnorm)):
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            groups = plan_micro_batches(batch, part, cfg.train.micro_batch_tokens, spec.packing)
+            res = accumulated_step(acc, model, optimizer, groups, lambda g, n=n_tok: loss_of(g, n), spec=spec,
+                                   max_grad_norm=cfg.optim.max_grad_norm, pad_id=pad_id)
+            total = float(sum(res.losses))
+            skipped += not res.applied
             step += 1
-            log.log(step, {"sft/nll": total, "sft/grad_norm": float(gnorm), "sft/epoch": epoch})
-        log.print(f"sft epoch {epoch + 1}/{cfg.sft.epochs} | nll {total:.4f} | {time.perf_counter() - t0:.1f}s")
+            log.log(step, {"sft/nll": total, "sft/grad_norm": res.grad_norm, "sft/epoch": epoch,
+                           "sft/skipped_updates": float(skipped)})
+        log.print(f"sft epoch {epoch + 1}/{cfg.sft.epochs} | nll {total:.4f} | {time.perf_counter() - t0:.1f}s"
+                  + (f" | {skipped} non-finite steps skipped so far" if skipped else ""))
     log.close()
     export_final(acc, model, tokenizer, out)
     return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,9 @@ import torch
 
 from at2po.config import ConfigError, RunConfig, save_config
 from at2po.core.tis import logprob_mismatch, tis_weights
+from at2po.errors import EnvError, UserError
 from at2po.rollout.scoring import RewardFn
+from at2po.rollout.seeds import rollout_seed, update_rng
 from at2po.rollout.tool_stats import tool_metrics
 from at2po.train import checkpoint as ckpt
 from at2po.train.components import (
@@ -77,7 +80,17 @@ def make_accelerator(precision: str) -> Any:
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "fp32"
     # cpu=True without a GPU: under a multi-process launcher this selects the gloo MULTI_CPU backend.
-    return Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=not torch.cuda.is_available())
+    acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=not torch.cuda.is_available())
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and acc.num_processes != launched:
+        # accelerate's process state is shared and set once: one made earlier in this process (e.g. a bare
+        # PartialState() on a CPU machine) makes every process train alone, each on all the data, silently
+        raise UserError(
+            f"launched as {launched} processes (WORLD_SIZE), but accelerate's state here is single-process: "
+            f"something created an accelerate PartialState/Accelerator before at2po did. Create none before "
+            f"training, or create it with cpu=True on a machine without a GPU."
+        )
+    return acc
 
 
 def train(
@@ -260,7 +273,7 @@ def _train(
             t0 = time.perf_counter()
             mem.start()
             trees, metrics, events = collect(engine, env, next_examples, local_prompts, cfg,
-                                             seed=_rollout_seed(cfg, step, rank), reward_fn=parts.reward_fn)
+                                             seed=rollout_seed(cfg.rollout.seed, step, rank), reward_fn=parts.reward_fn)
             metrics["time/rollout_s"] = time.perf_counter() - t0
             all_events = _gather(acc, events)  # every process decides on all processes' calls: they stop together
             try:
@@ -275,8 +288,8 @@ def _train(
             ))
             scored = tree_metrics(trees)
             if clash := sorted(set(scored) & set(metrics)):  # an env metric named like a rollout metric
-                raise ValueError(f"{type(env).__name__}.metrics returns {[k.split('/', 1)[1] for k in clash]}, "
-                                 f"names the rollout's own metrics use ({clash}): rename them")
+                raise EnvError(f"{type(env).__name__}.metrics returns {[k.split('/', 1)[1] for k in clash]}, "
+                               f"names the rollout's own metrics use ({clash}): rename them")
             metrics.update(scored)
             # a NaN/inf reward (a broken reward function) has no credit to give: its tree leaves the batch, and the
             # step counts as a bad one for the non-finite guard
@@ -330,7 +343,7 @@ def _train(
             # --- 6. PPO epochs: mini-batches of prompts, micro-batches of tokens, AdamW -------------------------
             t0 = time.perf_counter()
             mem.start()
-            rng = np.random.default_rng([cfg.train.seed, step, rank])
+            rng = update_rng(cfg.train.seed, step, rank)
             stats = ppo_update(acc, model, optimizer, scheduler, batch, row_tree, cfg, rng, pad_id)
             metrics["time/update_s"] = time.perf_counter() - t0
             metrics.update(mem.metrics("update"))
@@ -372,10 +385,6 @@ def _train(
         log.close()
         mem.close()
     return result
-
-
-def _rollout_seed(cfg: RunConfig, step: int, rank: int) -> int:
-    return int(cfg.rollout.seed + 1_000_003 * step + 7_919 * 97 * rank) % (2**31 - 1)
 
 
 def _kept_after_stop(save: Callable[..., None], run_dir: Path, step: int, start: int, before: dict[str, Any]) -> str:

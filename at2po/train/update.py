@@ -8,7 +8,6 @@ its share of the mini-batch's rows, so accumulating gradients equals one big for
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,12 +17,12 @@ import numpy as np
 import torch
 
 from at2po.config import RunConfig, TrainConfig
-from at2po.core.losses import entropy_aware_advantages, policy_loss
+from at2po.core.losses import AGG_MODES, entropy_aware_advantages, policy_loss
 from at2po.core.packing import split_rows
 from at2po.errors import RunStopped
 from at2po.train.batching import Batch, micro_batches, prompt_mini_batches
+from at2po.train.grad_step import accumulated_step
 from at2po.train.logprobs import ForwardSpec, scored_log_probs
-from at2po.train.tree_attention import use_tree_attention
 
 
 class NonFiniteError(RunStopped, RuntimeError):
@@ -73,14 +72,6 @@ def forward_spec(tcfg: TrainConfig) -> ForwardSpec:
     """How the trainer runs the model (``train.packing``, ``train.logprob_chunk_tokens``, tree attention)."""
     return ForwardSpec(tcfg.packing, tcfg.logprob_chunk_tokens, tcfg.tree_attention, tcfg.tree_attention_block,
                        tcfg.tree_attention_recompute)
-
-
-def backward_scope(model: torch.nn.Module, spec: ForwardSpec) -> contextlib.AbstractContextManager[None]:
-    """The context a micro-batch's forward *and* backward run in: tree attention stays selected through the
-    backward, where gradient-checkpointed layers re-run their forward."""
-    if spec.packing == "tree" and spec.attention == "blocked":
-        return use_tree_attention(model)
-    return contextlib.nullcontext()
 
 
 def plan_micro_batches(
@@ -157,11 +148,32 @@ def ppo_update(
     if tree_index is None:
         tree_index = np.zeros(0, dtype=np.int64)
     n_chunks = max(1, cfg.train.batch_prompts // cfg.train.mini_batch_prompts)
-    token_mean = cfg.loss.agg == "token-mean"
+    token_mean = AGG_MODES.lookup(cfg.loss.agg).weight == "tokens"
     entropy_adv = cfg.loss.entropy_adv_weight > 0 and (
         cfg.loss.entropy_adv_mode == "paper" or cfg.loss.entropy_coef > 0
     )
     spec = forward_spec(cfg.train)
+    with_entropy = cfg.loss.entropy_coef > 0 or entropy_adv
+
+    def loss_of(g: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        assert batch is not None
+        sub = batch.select(g).to(accelerator.device)
+        with accelerator.autocast():
+            out = scored_log_probs(model, sub.input_ids, sub.attention_mask, sub.response_mask,
+                                   cfg.rollout.temperature, spec, with_entropy=with_entropy)
+        stats.forward_tokens += out.tokens
+        adv, ent_kw = sub.advantages, {}
+        if out.entropy is not None:
+            ent_kw = {"entropy": out.entropy.float(), "entropy_coef": cfg.loss.entropy_coef}
+            if entropy_adv:  # AEPO: Ã = A·(1 + w·sg(z(H_t)))
+                adv = entropy_aware_advantages(adv, out.entropy.float(), sub.response_mask, cfg.loss.entropy_adv_weight)
+        loss, metrics = policy_loss(cfg.loss.name, out.log_prob.float(), sub.old_log_prob, adv, sub.response_mask,
+                                    **_loss_kwargs(cfg, sub), **ent_kw)
+        for k, v in metrics.items():
+            stats.add(k, float(v))
+        share = (float(sub.response_mask.sum()) if token_mean else float(len(g))) / max(denom, 1.0)
+        return loss * share, loss
+
     model.train()
     for _epoch in range(cfg.train.ppo_epochs):
         for rows in prompt_mini_batches(tree_index, n_chunks, rng):
@@ -175,57 +187,16 @@ def ppo_update(
             if batch is not None and len(rows):
                 groups = plan_micro_batches(batch, rows, cfg.train.micro_batch_tokens, spec.packing)
                 denom = float(batch.response_mask[rows].sum()) if token_mean else float(len(rows))
-            bad = torch.zeros((), device=accelerator.device)
-            if not groups:  # no prompts here on this process: still join the all-reduce with a zero gradient
-                _dummy_backward(accelerator, model, pad_id)
-            for j, g in enumerate(groups):
-                assert batch is not None
-                sub = batch.select(g).to(accelerator.device)
-                share = (float(sub.response_mask.sum()) if token_mean else float(len(g))) / max(denom, 1.0)
-                sync = j == len(groups) - 1
-                ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
-                with ctx, backward_scope(model, spec):
-                    ent_kw: dict[str, Any] = {}
-                    with accelerator.autocast():
-                        out = scored_log_probs(
-                            model, sub.input_ids, sub.attention_mask, sub.response_mask, cfg.rollout.temperature,
-                            spec, with_entropy=cfg.loss.entropy_coef > 0 or entropy_adv,
-                        )
-                    stats.forward_tokens += out.tokens
-                    adv = sub.advantages
-                    if out.entropy is not None:
-                        ent_kw = {"entropy": out.entropy.float(), "entropy_coef": cfg.loss.entropy_coef}
-                        if entropy_adv:  # AEPO: Ã = A·(1 + w·sg(z(H_t)))
-                            adv = entropy_aware_advantages(adv, out.entropy.float(), sub.response_mask,
-                                                           cfg.loss.entropy_adv_weight)
-                    loss, metrics = policy_loss(
-                        cfg.loss.name, out.log_prob.float(), sub.old_log_prob, adv, sub.response_mask,
-                        **_loss_kwargs(cfg, sub), **ent_kw,
-                    )
-                    accelerator.backward(loss * share)
-                bad = bad + (~torch.isfinite(loss.detach())).float()
-                stats.add("loss", float(loss.detach()))
-                for k, v in metrics.items():
-                    stats.add(k, float(v))
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
-            bad = bad + (~torch.isfinite(torch.as_tensor(grad_norm, device=accelerator.device))).float()
-            if float(accelerator.reduce(bad, reduction="sum")) > 0:
-                stats.skipped += 1  # skip: the NaN/inf gradient must never reach the weights or AdamW moments
-            else:
-                optimizer.step()
-                scheduler.step()  # the schedule counts applied updates only
+            res = accumulated_step(accelerator, model, optimizer, groups, loss_of, spec=spec,
+                                   max_grad_norm=cfg.optim.max_grad_norm, pad_id=pad_id, scheduler=scheduler)
+            for v in res.losses:
+                stats.add("loss", v)
+            if res.applied:
                 stats.updates += 1
-                stats.add("grad_norm", float(grad_norm))
-            optimizer.zero_grad(set_to_none=True)
+                stats.add("grad_norm", res.grad_norm)
+            else:
+                stats.skipped += 1  # the NaN/inf gradient never reached the weights or AdamW moments
     if stats.updates + stats.skipped and "grad_norm" not in stats.sums:
         stats.sums["grad_norm"], stats.counts["grad_norm"] = math.nan, 1
     stats.add("lr", float(scheduler.get_last_lr()[0]))
     return stats
-
-
-def _dummy_backward(accelerator: Any, model: torch.nn.Module, pad_id: int) -> None:
-    """A zero-valued backward through every parameter, so DDP's all-reduce has a partner on this process."""
-    ids = torch.full((1, 2), pad_id, dtype=torch.long, device=accelerator.device)
-    with accelerator.autocast():
-        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
-    accelerator.backward(out.float().sum() * 0.0)

@@ -21,6 +21,9 @@ from at2po.core.credit import (
 )
 from at2po.core.tree import TurnTree, stack_trees
 
+VALUE_MODE_NAMES = tuple(VALUE_MODES)  # the built-ins, snapshotted before any test registers more
+ADV_MODE_NAMES = tuple(ADV_MODES)  # the built-ins, snapshotted before any test registers more
+
 NAN = math.nan
 # root 0 ── 1 (H .5+) ── 3 (H .5, r 1)
 #        │           └── 4 (H 1.5, r 0)
@@ -52,14 +55,14 @@ def a_hand(v: list[float], mode: str) -> list[float]:
     return [0, 2 * v1 - 2 * v0, 2 * v2 - 2 * v0, 2 * v3 - v1 - v0, 2 * v4 - v1 - v0, 2 * v5 - v2 - v0]
 
 
-@pytest.mark.parametrize("value_mode", VALUE_MODES)
+@pytest.mark.parametrize("value_mode", VALUE_MODE_NAMES)
 def test_node_values_hand(value_mode: str) -> None:
     v = node_values(PARENT, ENTROPY, REWARD, value_mode, normalize_leaves=False)
     np.testing.assert_allclose(v, V_HAND[value_mode], rtol=1e-12)
 
 
-@pytest.mark.parametrize("adv_mode", ADV_MODES)
-@pytest.mark.parametrize("value_mode", VALUE_MODES)
+@pytest.mark.parametrize("adv_mode", ADV_MODE_NAMES)
+@pytest.mark.parametrize("value_mode", VALUE_MODE_NAMES)
 def test_turn_advantages_hand(value_mode: str, adv_mode: str) -> None:
     a = turn_advantages(PARENT, ENTROPY, REWARD, value_mode, adv_mode, normalize_leaves=False)
     np.testing.assert_allclose(a, a_hand(V_HAND[value_mode], adv_mode), rtol=1e-12, atol=1e-12)
@@ -89,8 +92,8 @@ def test_child_weighted_zero_entropy_falls_back_to_mean() -> None:
 
 def test_all_equal_rewards_give_zero_and_finite() -> None:
     r = np.where(np.isnan(REWARD), NAN, 1.0)
-    for vm in VALUE_MODES:
-        for am in ADV_MODES:
+    for vm in VALUE_MODE_NAMES:
+        for am in ADV_MODE_NAMES:
             a = turn_advantages(PARENT, np.zeros(6), r, vm, am)
             assert np.isfinite(a).all() and np.abs(a).max() < 1e-9
 
@@ -119,7 +122,7 @@ def test_bad_inputs_raise_with_node() -> None:
 
 # --- properties on random trees -------------------------------------------------------------------------
 @settings(max_examples=60, deadline=None)
-@given(tree=random_trees(), value_mode=st.sampled_from(VALUE_MODES), norm=st.booleans())
+@given(tree=random_trees(), value_mode=st.sampled_from(VALUE_MODE_NAMES), norm=st.booleans())
 def test_values_within_leaf_range(tree, value_mode: str, norm: bool) -> None:
     parent, entropy, reward = tree
     v = node_values(parent, entropy, reward, value_mode, normalize_leaves=norm)
@@ -147,7 +150,7 @@ def test_leaf_mean_equals_brute_force(tree) -> None:
 @given(
     lengths=st.lists(st.integers(1, 5), min_size=1, max_size=8),
     data=st.data(),
-    value_mode=st.sampled_from(VALUE_MODES),
+    value_mode=st.sampled_from(VALUE_MODE_NAMES),
     std=st.sampled_from(["population", "sample"]),
 )
 def test_chains_reduce_to_grpo(lengths: list[int], data, value_mode: str, std: str) -> None:
@@ -168,8 +171,8 @@ def test_chains_reduce_to_grpo(lengths: list[int], data, value_mode: str, std: s
 
 
 @settings(max_examples=30, deadline=None)
-@given(trees=st.lists(random_trees(max_nodes=9), min_size=1, max_size=5), value_mode=st.sampled_from(VALUE_MODES),
-       adv_mode=st.sampled_from(ADV_MODES))
+@given(trees=st.lists(random_trees(max_nodes=9), min_size=1, max_size=5), value_mode=st.sampled_from(VALUE_MODE_NAMES),
+       adv_mode=st.sampled_from(ADV_MODE_NAMES))
 def test_forest_equals_per_tree(trees, value_mode: str, adv_mode: str) -> None:
     """One vectorised call over concatenated trees = one call per tree."""
     tts = [TurnTree.from_arrays(p, e, r) for p, e, r in trees]

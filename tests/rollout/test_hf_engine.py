@@ -108,7 +108,7 @@ def test_seeded_sampling_is_deterministic_and_independent_of_batch(tiny, context
 def test_explicit_per_sequence_seeds(tiny, contexts):
     """``seeds`` gives each context its own stream: any context, at any position, with the same seed samples the
     same tokens; without ``seeds`` the stream of context i is derived from (params.seed, i)."""
-    from at2po.rollout.sampling import derive_seed
+    from at2po.rollout.seeds import derive_seed
 
     model, tok = tiny
     eng = HFEngine(model, tok, prefix_cache=False)

@@ -52,3 +52,44 @@ def test_two_processes_train_like_one(tiny_world, sft_model, tmp_path: Path) -> 
     # same result class: the weights moved (L2 distance from the initial weights) by a comparable amount in both
     d1, d2 = one[0]["moved"], two[0]["moved"]
     assert d1 > 0 and d2 > 0 and 0.1 < d2 / d1 < 10
+
+
+@pytest.mark.slow
+def test_two_processes_sft_and_trainer_with_objects(tmp_path: Path) -> None:
+    """The public API on 2 processes: SFT whose shards differ in length (one process joins the last step with a
+    zero gradient instead of hanging), then ``Trainer(model=<object>, env=<object>, ...)``: both processes end
+    with the same weights, callbacks run on the main process only."""
+    from at2po.envs import calculator
+
+    init = calculator.tiny_model(tmp_path / "init")
+    out = tmp_path / "two"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(ROOT / "tests/train/mp_api.py"), str(out), str(init)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((out / f"rank-{r}.json").read_text()) for r in range(2))
+    assert r0["steps"] == r1["steps"] == 2
+    assert r0["sum"] == pytest.approx(r1["sum"], rel=1e-9) and r0["abs"] == pytest.approx(r1["abs"], rel=1e-9)
+    assert r0["callback_steps"] == [1, 2] and r1["callback_steps"] == []  # callbacks: main process only
+    assert r0["evals"] == [0, 2]
+    sft_log = [json.loads(x) for x in (out / "sft-logs" / "metrics.jsonl").read_text().splitlines()]
+    assert len(sft_log) == 4 and all(r["sft/skipped_updates"] == 0 for r in sft_log)  # 2 epochs × 2 steps
+
+
+def test_a_single_process_accelerate_state_under_a_multi_process_launch_is_an_error(monkeypatch) -> None:
+    """accelerate's state is made once per process: one made before at2po's (single-process on a CPU machine) would
+    make every launched process train alone on all the data; the trainer says so instead."""
+    from accelerate import PartialState
+
+    from at2po.errors import UserError
+    from at2po.train.trainer import make_accelerator
+
+    PartialState(cpu=True)  # this test process: one process, state now fixed
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match=r"launched as 2 processes \(WORLD_SIZE\).*single-process"):
+        make_accelerator("fp32")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert make_accelerator("fp32").num_processes == 1

@@ -27,6 +27,8 @@ from at2po.train.trainer import make_accelerator
 from at2po.train.update import compute_log_probs, plan_micro_batches, ppo_update
 from tests.train.conftest import small_overrides
 
+AGG_MODE_NAMES = tuple(AGG_MODES)  # the built-ins, snapshotted before any test registers more
+
 TREE = ForwardSpec("tree", chunk_tokens=7, attention_block=16)  # small chunks/blocks: many of each on tiny batches
 
 
@@ -144,7 +146,7 @@ def test_packed_equals_flat_for_every_loss(batches, sft_model, kind: str, tuning
     torch.testing.assert_close(packed.log_prob[on], flat_lp[on], rtol=0, atol=1e-5)
     torch.testing.assert_close(packed.entropy[on], flat_ent[on], rtol=0, atol=1e-5)
     assert packed.tokens < int(batch.attention_mask.sum())  # shared prefixes really were packed
-    for name, agg, kl, ent in itertools.product(sorted(POLICY_LOSSES), AGG_MODES, (False, True), (False, True)):
+    for name, agg, kl, ent in itertools.product(sorted(POLICY_LOSSES), AGG_MODE_NAMES, (False, True), (False, True)):
         kw: dict = {"turn_ids": batch.turn_ids, "agg": agg}
         if kl:
             kw.update(ref_log_prob=batch.ref_log_prob, kl_coef=0.1)
