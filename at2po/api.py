@@ -34,6 +34,9 @@ def as_config(args: Any = None, preset: str | None = None) -> RunConfig:
     if isinstance(args, Mapping):
         from at2po.config.presets import get_preset
 
+        if preset is not None and args.get("preset") not in (None, preset):
+            raise ConfigError(f"preset={preset!r} given with a mapping whose 'preset' is {args.get('preset')!r}: "
+                              f"name one preset")
         name = preset or args.get("preset")
         merged = deep_merge(get_preset(name), dict(args)) if name else dict(args)
         if name:

@@ -30,6 +30,9 @@ def test_as_config_takes_every_form(tmp_path):
         as_config(3)
     with pytest.raises(ConfigError, match="preset='grpo' given with a RunConfig"):
         as_config(base, preset="grpo")
+    with pytest.raises(ConfigError, match="preset='at2po' given with a mapping whose 'preset' is 'grpo'"):
+        as_config({"preset": "grpo"}, preset="at2po")
+    assert as_config({"preset": "grpo"}, preset="grpo").preset == "grpo"  # the same name twice is fine
 
 
 def test_public_names_are_exported():
@@ -101,10 +104,15 @@ def test_trainer_with_objects_callbacks_a_reward_function_and_resume(calc_init, 
 
     # resume: a new Trainer on the same output_dir continues at step 3 from the checkpoint
     rec2 = Recorder(given)
+    trained = copy.deepcopy(model.state_dict())  # = checkpoint step 2's weights
     fresh = load_policy(as_config([f"model.path={calc_init}"]).model, trainable=True)
+    at_start: dict = {}
     again = Trainer(model=fresh, env=env, reward_fn=parity_reward, train_dataset=rows, eval_dataset=rows[:2],
-                    args=_args(tmp_path / "run", 3), callbacks=[rec2]).train(resume=True)
+                    args=_args(tmp_path / "run", 3), callbacks=[rec2],
+                    model_hook=lambda m: at_start.update(copy.deepcopy(m.state_dict()))).train(resume=True)
     assert again.steps_done == 3 and [e[1] for e in rec2.events if e[0] == "step"] == [3]
+    # the fresh object started step 3 from the checkpoint's weights, not from its own initial ones
+    assert at_start.keys() == trained.keys() and all(torch.equal(at_start[k], trained[k]) for k in trained)
     env.close()
 
 
@@ -116,6 +124,12 @@ def test_rows_without_an_env_are_qa_rows_for_the_search_env():
     assert [(e.question, e.golden_answers) for e in exs] == [("Who?", ["A"]), ("Q", ["B"])]
     with pytest.raises(DatasetError, match=r"train_dataset\[0\]"):
         resolve_examples([{"golden_answers": ["A"]}], None, None, "train_dataset")
+
+    def rows():  # a large dataset: with a limit only that many rows are read
+        yield from ({"question": f"q{i}", "answer": "a"} for i in range(2))
+        raise AssertionError("read past the limit")
+
+    assert [e.question for e in resolve_examples(rows(), None, 2, "train_dataset")] == ["q0", "q1"]
 
 
 def test_trainer_names_a_bad_row(calc_init, calc_tok, tmp_path):

@@ -3,6 +3,7 @@ reference model, environment, datasets, and the deterministic prompt sampler."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,7 +203,8 @@ def resolve_examples(data: Any, env: Any, limit: int | None, name: str) -> list[
     if isinstance(data, (str, Path)):
         return load_examples(str(data), limit, env)
     try:
-        rows = list(data)[:limit] if limit is not None else list(data)
+        # islice: only the first ``limit`` rows of a large (HF) dataset are read and converted
+        rows = list(itertools.islice(data, limit)) if limit is not None else list(data)
     except TypeError:
         raise ConfigError(f"{name}: expected a path, a list or a dataset of rows, got {type(data).__name__}") from None
     convert = getattr(env, "example_from_row", None)

@@ -16,6 +16,7 @@ a bad model.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,7 @@ def _records(trees: list[Any], env: Any) -> list[dict[str, Any]]:
                                "samples": len(leaves)}
         present = {k for m in per for k in m}
         for key in [k for k in _QA_KEYS if k in present] + sorted(present - set(_QA_KEYS)):
-            vals = [m.get(key, 0.0) for m in per]
-            rec[key] = float(np.mean(vals)) if vals else 0.0
+            rec[key] = float(np.mean([m[key] for m in per if key in m]))  # as leaf_metrics: absent ≠ 0
         rec["reward"] = float(np.mean(rewards)) if rewards else 0.0
         rec["turns"] = float(np.mean([tree.depth(i) for i in leaves])) if leaves else 0.0
         hit = [m["em"] >= 1.0 for m in per] if per and all("em" in m for m in per) else [r >= 1.0 for r in rewards]
@@ -70,7 +70,8 @@ def summarize(records: list[dict[str, Any]], n: int) -> dict[str, Any]:
     keys = metric_keys(records)
 
     def agg(rs: list[dict[str, Any]]) -> dict[str, float]:
-        d = {k: float(np.mean([r.get(k, 0.0) for r in rs])) for k in keys}
+        # a record without a metric (no sample reported it) does not count towards that metric's mean
+        d = {k: float(np.mean(v)) if (v := [r[k] for r in rs if k in r]) else math.nan for k in keys}
         if n > 1:
             d[f"pass@{n}"] = float(np.mean([r["pass"] for r in rs]))
         d["count"] = float(len(rs))
