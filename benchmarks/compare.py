@@ -129,7 +129,7 @@ SIZES: dict[str, Size] = {
 
 _M, _L, _K = "rollout.m", "rollout.l", "rollout.k"
 TABLES: dict[str, list[tuple[str, str, list[str]]]] = {  # label, preset, overrides (beyond the size's)
-    "methods": [(p, p, []) for p in ("at2po", "grpo", "dapo", "gspo", "tree-grpo")],
+    "methods": [(p, p, []) for p in ("at2po", "grpo", "dapo", "gspo", "tree-grpo", "aepo")],
     "ablation": [
         ("random tree + token loss", "ablation-random-token", []),
         ("+ turn loss", "ablation-random-turn", []),
@@ -279,6 +279,8 @@ def run_overrides(size: Size, shared: dict[str, str], preset: str, seed: int, bu
         f"train.steps={steps}", f"train.batch_prompts={size.batch_prompts}",
         f"train.mini_batch_prompts={size.mini_batch_prompts}", f"optim.lr={lr or size.lr}",
         f"rollout.n={size.chains}", f"{_M}={m}", f"{_L}={rounds}", f"{_K}={k}", f"rollout.engine={size.engine}",
+        # AEPO: the same trajectories per prompt as the chain baselines, half of them global (the paper's 8 of 16)
+        f"rollout.aepo.budget={size.chains}", f"rollout.aepo.initial={max(1, size.chains // 2)}",
         f"rollout.max_turn_tokens={size.max_turn_tokens}", f"rollout.max_response_tokens={size.max_response_tokens}",
         f"env.max_tool_calls={size.max_tool_calls}", f"env.topk={size.world['topk']}",
         f"env.max_obs_tokens={size.world['max_obs_tokens']}", f"eval.every={size.eval_every}",

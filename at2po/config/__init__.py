@@ -11,7 +11,7 @@ validated, not when this package is imported.
 
 from at2po.config.env import EnvConfig
 from at2po.config.presets import PRESETS, get_preset
-from at2po.config.rollout import RolloutConfig, VLLMConfig
+from at2po.config.rollout import AEPOConfig, RolloutConfig, VLLMConfig
 from at2po.config.run import (
     CheckpointConfig,
     ConfigError,
@@ -35,7 +35,7 @@ from at2po.config.run import (
 )
 
 __all__ = [
-    "PRESETS", "CheckpointConfig", "ConfigError", "CreditConfig", "DataConfig", "EnvConfig", "EvalConfig",
+    "PRESETS", "AEPOConfig", "CheckpointConfig", "ConfigError", "CreditConfig", "DataConfig", "EnvConfig", "EvalConfig",
     "FaultsConfig", "LoggingConfig", "LossConfig", "ModelConfig", "OptimConfig", "RolloutConfig", "RunConfig",
     "SFTConfig", "TrainConfig", "VLLMConfig", "deep_merge", "get_preset", "load_config", "parse_overrides",
     "read_yaml", "save_config", "validate_config",

@@ -5,6 +5,13 @@ data, model and budget settings come from the user. Paper settings from ``AT2PO.
 K=6 entropy trees (22 leaves), turn-wise credit (value / child_weighted) and the ATPO turn loss with clip
 3e-3/4e-3; the chain baselines sample n=16 trajectories per prompt.
 
+AEPO (Dong et al., arXiv 2510.14545): its entropy-balanced rollout (16 trajectories per prompt, 8 global samples,
+beam 2, branch threshold 0.5, entropy weight 0.2, the authors' top-k step entropy; pre-monitoring off, as the
+fixed 8 global samples are the paper's setting — ``rollout.aepo.premonitor=true`` turns it on), trajectory-level
+GRPO credit, and its entropy-balanced clipping (0.2/0.2, dual clip 3, token-mean) with the paper's entropy-aware
+advantage (weight 0.2, applied whether or not an entropy bonus is on; ``loss.entropy_adv_mode=script`` is the
+released script's behaviour), no KL.
+
 The progressive ablations follow the paper's table: random tree + token (GRPO) loss → + turn loss →
 + entropy-guided expansion → + turn-wise credit (= ``at2po``).
 """
@@ -46,6 +53,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "rollout": _RANDOM_TREE,
         "credit": {"name": "tree_grpo"},
         "loss": {**_TOKEN_LOSS, "agg": "token-mean"},
+    },
+    "aepo": {
+        "rollout": {"mode": "aepo", "aepo": {"budget": 16, "initial": 8, "beam": 2, "threshold": 0.5,
+                                             "entropy_weight": 0.2, "step_entropy": "topk", "premonitor": False}},
+        "credit": _TRAJ_CREDIT,
+        "loss": {"name": "aepo", "clip_low": 0.2, "clip_high": 0.2, "clip_ratio_c": 3.0, "agg": "token-mean",
+                 "kl_coef": 0.0, "entropy_adv_weight": 0.2, "entropy_adv_mode": "paper"},
     },
     "ablation-random-token": {"rollout": _RANDOM_TREE, "credit": _TRAJ_CREDIT, "loss": _TOKEN_LOSS},
     "ablation-random-turn": {"rollout": _RANDOM_TREE, "credit": _TRAJ_CREDIT, "loss": _TURN_LOSS},

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from at2po.config.errors import registered
 
@@ -37,6 +37,39 @@ class VLLMConfig(BaseModel):
     tensor_parallel_size: int = Field(1, ge=1)
     stop_at_eos: bool = True
     seed: int = 0
+    # the most top-k log-probs a request may ask for (AEPO's top-k step entropy asks for rollout.aepo.entropy_topk)
+    max_logprobs: int = Field(20, ge=1)
+
+
+class AEPOConfig(BaseModel):
+    """AEPO's entropy-balanced rollout (``rollout.mode=aepo``; Dong et al., arXiv 2510.14545). Per prompt,
+    ``budget`` trajectories: ``initial`` global samples (or, with ``premonitor``, m = budget·σ(β·(H_root − H̄_tool))
+    from a probe), the rest by branching after tool calls — each continuing trajectory opens ``beam − 1`` extra
+    continuations of the state after the observation when p = (U + w·(H_t − H_init))·max(0, 1 − c·l) ≥ τ
+    (l: consecutive phases in which the prompt branched) — and fresh samples for budget left when a prompt has no
+    open trajectory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    budget: int = Field(16, ge=1, description="trajectories per prompt (AEPO: 16)")
+    initial: int = Field(8, ge=1, description="global samples per prompt without premonitor (AEPO: 8)")
+    premonitor: bool = False  # entropy pre-monitoring: the global share from a probe trajectory per prompt
+    beta: float = Field(1.0, gt=0, description="β of the pre-monitoring σ(β·(H_root − H̄_tool))")
+    beam: int = Field(2, ge=1, description="beam size: a branching trajectory opens beam − 1 continuations")
+    threshold: float = Field(0.5, description="τ: branch when p ≥ τ (AEPO's branch probability 0.5)")
+    entropy_weight: float = Field(0.2, description="w in p = (U + w·(H_t − H_init))·max(0, 1 − c·l)")
+    consecutive_penalty: float = Field(0.05, ge=0, description="c: the penalty per consecutive branching phase")
+    # step entropy H_t: "topk" = the authors' (Σ over the first ``entropy_tokens`` generated tokens of the top-
+    # ``entropy_topk`` −p·log p, divided by ln|V|), "sampled" = at2po's H(n) (mean −log π of the turn's tokens)
+    step_entropy: Literal["topk", "sampled"] = "topk"
+    entropy_topk: int = Field(10, ge=1)
+    entropy_tokens: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _initial_within_budget(self) -> AEPOConfig:
+        if self.initial > self.budget:
+            raise ValueError(f"rollout.aepo.initial ({self.initial}) exceeds rollout.aepo.budget ({self.budget})")
+        return self
 
 
 class RolloutConfig(BaseModel):
@@ -44,7 +77,7 @@ class RolloutConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["chain", "tree"] = "tree"
+    mode: Literal["chain", "tree", "aepo"] = "tree"
     n: int = Field(16, ge=1, description="chains per prompt (chain mode)")
     m: int = Field(10, ge=1, description="initial chains per tree (tree mode)")
     l: int = Field(2, ge=0, description="expansion rounds")  # noqa: E741 - the paper's name; a public config key
@@ -82,6 +115,13 @@ class RolloutConfig(BaseModel):
     batch_memory_gb: float = Field(4.0, gt=0, description="HF engine: running-batch key/values, GB")
     engine: Literal["hf", "vllm"] = "hf"  # the trainer's choice of sampling engine; the driver never looks
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)  # used when engine == "vllm"
+    aepo: AEPOConfig = Field(default_factory=AEPOConfig)  # used when mode == "aepo"
+
+    @model_validator(mode="after")
+    def _aepo_batching(self) -> RolloutConfig:
+        if self.mode == "aepo" and self.batching != "phase":
+            raise ValueError("rollout.mode=aepo branches between phases: it needs rollout.batching=phase")
+        return self
 
     @field_validator("expansion")
     @classmethod

@@ -33,6 +33,7 @@ from at2po.agent.env import AgentEnv
 from at2po.config.rollout import RolloutConfig
 from at2po.core.expansion import EXPANSION_MODES, select_nodes_forest
 from at2po.core.tree import TurnTree, stack_trees
+from at2po.rollout.aepo import run_aepo
 from at2po.rollout.continuous import ContinuousRunner
 from at2po.rollout.engine import Engine
 from at2po.rollout.phase import Branch, PhaseRunner
@@ -66,6 +67,8 @@ def rollout(engine: Engine, env: AgentEnv, examples: list[Any], cfg: RolloutConf
     if cfg.mode == "chain":
         runner.run([Branch(t, 0, [], "", 0, tree.prompt_ids, turn_seed(tree_seed(cfg.seed, t), 0, 0, j))
                     for t, tree in enumerate(trees) for j in range(cfg.n)])
+    elif cfg.mode == "aepo":
+        run_aepo(runner, trees, cfg)
     else:
         _run_trees(runner, trees, cfg)
     return RolloutResult(trees, _metrics(trees, runner, engine, s0, time.perf_counter() - t0), runner.phases)

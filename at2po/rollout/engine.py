@@ -28,6 +28,10 @@ class SamplingParams:
     stop: tuple[str, ...] = ()  # stop strings; the matched stop string is kept in the output (</search>)
     stop_token_ids: tuple[int, ...] = ()  # e.g. eos / end-of-turn ids; the stop token is kept in the output
     seed: int | None = None  # base seed; sequence i of a call uses a stream derived from (seed, i)
+    # > 0: also report, for each of the first ``entropy_tokens`` generated tokens, Σ_{v ∈ top-k} −p_v·log p_v over
+    # the ``entropy_topk`` most likely tokens of the temperature-scaled distribution (AEPO's step entropy)
+    entropy_topk: int = 0
+    entropy_tokens: int = 20
 
     def __post_init__(self) -> None:
         if any(not s for s in self.stop):
@@ -40,6 +44,7 @@ class Generation:
     logprobs: list[float]  # log π(y_t | ·) of each sampled token under the temperature-scaled distribution
     finish_reason: FinishReason
     stop_str: str | None = None  # which stop string matched, when finish_reason == "stop"
+    topk_entropy: list[float] | None = None  # per early token, with SamplingParams.entropy_topk > 0
 
 
 @dataclass
@@ -164,7 +169,8 @@ def cut(g: Generation, max_new_tokens: int) -> Generation:
     """``g`` limited to ``max_new_tokens`` tokens (finish reason "length" when that removes tokens)."""
     if len(g.token_ids) <= max_new_tokens:
         return g
-    return Generation(g.token_ids[:max_new_tokens], g.logprobs[:max_new_tokens], "length")
+    topk = g.topk_entropy[:max_new_tokens] if g.topk_entropy is not None else None
+    return Generation(g.token_ids[:max_new_tokens], g.logprobs[:max_new_tokens], "length", topk_entropy=topk)
 
 
 def sequence_seeds(n: int, params: SamplingParams, seeds: Sequence[int] | None, who: str) -> list[int]:

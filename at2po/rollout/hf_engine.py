@@ -50,7 +50,7 @@ from at2po.rollout.engine import (
 )
 from at2po.rollout.grouped_attention import Groups, plan_groups, use_grouped_attention
 from at2po.rollout.prefix_cache import KVEntry, PrefixCache
-from at2po.rollout.sampling import sample
+from at2po.rollout.sampling import sample, topk_entropy
 from at2po.rollout.slab_cache import SlabCache
 from at2po.rollout.stops import StopChecker
 
@@ -184,6 +184,7 @@ class HFEngine(Engine):
         live: _Live | None = None
         n_seq = 0
         waited = 0  # decode steps the oldest waiting request has waited
+        ents: dict[int, list[float]] = {}  # id(request) → its early tokens' top-k entropies (entropy_topk > 0)
         try:
             with torch.inference_mode(), self._attention() as grouped:
                 while True:
@@ -206,6 +207,11 @@ class HFEngine(Engine):
                     # sample one token per live row; a row's stream position is its own token count
                     steps = torch.tensor([len(g) for g in live.gen], dtype=torch.int64)  # [B]
                     tok, lp = sample(live.logits, live.seeds, steps, params.temperature, params.top_k, params.top_p)
+                    if params.entropy_topk > 0 and bool((steps < params.entropy_tokens).any()):
+                        ent_l = topk_entropy(live.logits, params.temperature, params.entropy_topk).tolist()
+                        for r, req in enumerate(live.reqs):
+                            if steps[r] < params.entropy_tokens:
+                                ents.setdefault(id(req), []).append(ent_l[r])
                     self._stats.decode_steps += 1
                     stop_strs = stops.check(live.gen, tok)  # before the new tokens are appended
                     tok_l, lp_l = tok.tolist(), lp.tolist()
@@ -225,7 +231,8 @@ class HFEngine(Engine):
                         ):
                             reason = "length"
                         if reason is not None:
-                            done.append((r, Generation(g, live.lps[r], reason, stop_str)))
+                            topk = ents.pop(id(req), []) if params.entropy_topk > 0 else None
+                            done.append((r, Generation(g, live.lps[r], reason, stop_str, topk_entropy=topk)))
                     live.tok = tok
                     if done:
                         self._retire(live, [r for r, _ in done])

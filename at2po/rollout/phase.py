@@ -55,14 +55,21 @@ class PhaseRunner:
         self.tokenizer = engine.tokenizer
 
     # --- phases -------------------------------------------------------------------------------------
-    def run(self, branches: list[Branch], on_idle: Callable[[int], list[Branch]] | None = None) -> None:
+    def run(
+        self, branches: list[Branch], on_idle: Callable[[int], list[Branch]] | None = None,
+        on_phase: Callable[[list[Branch]], list[Branch]] | None = None,
+    ) -> None:
         """Advance ``branches`` (and the branches their tool calls open) until every one ends in a leaf.
 
-        ``on_idle(t)`` is called for each tree whose last open branch ended in the phase just run; the branches it
-        returns join the next phase (per-tree expansion rounds: a tree does not wait for the other trees)."""
+        ``on_phase(opened)`` is called after each phase with the branches its tool calls opened (the continuations
+        after an observation); the branches it returns join them (AEPO's branching). ``on_idle(t)`` is called for
+        each tree whose last open branch ended in the phase just run; the branches it returns join the next phase
+        (per-tree expansion rounds: a tree does not wait for the other trees)."""
         while branches:
             active = {b.tree for b in branches}
             branches = self._phase(branches)
+            if on_phase is not None:
+                branches += on_phase(branches)
             if on_idle is not None:
                 still = {b.tree for b in branches}
                 for t in sorted(active - still):
@@ -77,9 +84,11 @@ class PhaseRunner:
     def _params(self, max_new_tokens: int) -> SamplingParams:
         """The rollout's sampling settings (temperature, top-k/p, the env's stops) with this token budget."""
         cfg, env = self.cfg, self.env
+        topk = cfg.mode == "aepo" and cfg.aepo.step_entropy == "topk"  # AEPO's step entropy needs top-k log-probs
         return SamplingParams(
             max_new_tokens=max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
             stop=tuple(env.stop_strings), stop_token_ids=tuple(env.stop_token_ids),
+            entropy_topk=cfg.aepo.entropy_topk if topk else 0, entropy_tokens=cfg.aepo.entropy_tokens,
         )
 
     def _generate(self, branches: list[Branch]) -> list[Generation]:
@@ -134,6 +143,8 @@ class PhaseRunner:
             node.info["finish_reason"] = g.finish_reason
             node.info["round"] = b.round
             node.info["seed"] = b.seed
+            if g.topk_entropy is not None:  # Σ over the early tokens of the top-k entropy (un-normalised)
+                node.info["topk_entropy"] = float(sum(g.topk_entropy))
             if phase is not None:
                 node.info["phase"] = phase  # index of the batched phase that generated it
             if b.forked_from is not None:

@@ -73,3 +73,11 @@ def sample(
     tokens = torch.searchsorted(cdf, u[:, None]).clamp_(max=logits.shape[-1] - 1)[:, 0]  # [B]
     # searchsorted finds the first j with cdf[j] ≥ u > 0, so cdf jumps at j: a filtered (p = 0) token is never hit
     return tokens, logp.gather(-1, tokens[:, None])[:, 0]
+
+
+def topk_entropy(logits: torch.Tensor, temperature: float, k: int) -> torch.Tensor:
+    """Σ_{v ∈ top-k} −p_v·log p_v of softmax(logits / T) (T ≤ 0: T = 1), AEPO's per-token entropy estimate from the
+    k most likely tokens (the full-vocabulary entropy when k ≥ V).  logits: [B, V] → [B]"""
+    logp = torch.log_softmax(logits.float() / (temperature if temperature > 0 else 1.0), dim=-1)  # [B, V]
+    top = torch.topk(logp, min(k, logp.shape[-1]), dim=-1).values  # [B, k]
+    return -(top.exp() * top).sum(-1)

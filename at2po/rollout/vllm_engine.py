@@ -20,6 +20,7 @@ needs (in-process engine core on request, all cores on CPU) unless the user alre
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -112,7 +113,7 @@ class VLLMEngine(Engine):
             enforce_eager=cfg.enforce_eager,
             tensor_parallel_size=cfg.tensor_parallel_size,
             logprobs_mode="processed_logprobs",
-            max_logprobs=1,
+            max_logprobs=cfg.max_logprobs,
         )
         if cfg.max_model_len is not None:
             kwargs["max_model_len"] = cfg.max_model_len
@@ -203,7 +204,7 @@ class VLLMEngine(Engine):
         seeds = sequence_seeds(len(ctxs), params, seeds, "VLLMEngine")
         sps = [self._vsp(params, seeds[i], params.max_new_tokens, len(c)) for i, c in enumerate(ctxs)]
         outs = self.llm.generate([{"prompt_token_ids": c} for c in ctxs], sampling_params=sps, use_tqdm=False)
-        gens = [self._generation(c, ro) for c, ro in zip(ctxs, outs, strict=True)]
+        gens = [self._generation(c, ro, params) for c, ro in zip(ctxs, outs, strict=True)]
         self._stats.calls += 1
         self._stats.sequences += len(ctxs)
         self._stats.wall_s += time.perf_counter() - t0
@@ -243,7 +244,7 @@ class VLLMEngine(Engine):
                 done = []
                 for o in outs:
                     r = live.pop(o.request_id)
-                    done.append((r, self._generation(r.context, o)))
+                    done.append((r, self._generation(r.context, o, params)))
                 if done:
                     scheduler.finished(done)
         except BaseException:
@@ -271,11 +272,11 @@ class VLLMEngine(Engine):
             stop_token_ids=list(params.stop_token_ids) or None,
             include_stop_str_in_output=True,  # the matched stop string is kept (</search>)
             ignore_eos=not self.cfg.stop_at_eos,
-            logprobs=0,  # the sampled token's log-prob only
+            logprobs=params.entropy_topk,  # 0: the sampled token's log-prob only; k: also the top-k
             skip_special_tokens=False,
         )
 
-    def _generation(self, ctx: list[int], ro: Any) -> Generation:
+    def _generation(self, ctx: list[int], ro: Any, params: SamplingParams) -> Generation:
         """A finished vLLM ``RequestOutput`` as a :class:`Generation`; counts tokens into the stats."""
         co = ro.outputs[0]
         ids = list(co.token_ids)
@@ -295,7 +296,13 @@ class VLLMEngine(Engine):
         self._stats.generated_tokens += len(ids)
         self._stats.cached_tokens += cached
         self._stats.prefill_tokens += len(ctx) - cached
-        return Generation(ids, lps, reason, stop_str)
+        topk = None
+        if params.entropy_topk > 0:  # the k best of each early token's dict (it may also hold the sampled token)
+            topk = []
+            for d in (co.logprobs or [])[: params.entropy_tokens]:
+                best = sorted((float(v.logprob) for v in d.values()), reverse=True)[: params.entropy_topk]
+                topk.append(sum(-math.exp(v) * v for v in best))
+        return Generation(ids, lps, reason, stop_str, topk_entropy=topk)
 
     # --- internals ----------------------------------------------------------------------------------
     def _weights(self, state: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:

@@ -91,6 +91,20 @@ def test_sampled_logprobs_are_temperature_scaled_and_seeded(engine, hf_model, co
     assert [g.token_ids for g in d] == [g.token_ids for g in e[::-1]]
 
 
+def test_topk_entropy_matches_hf_teacher_forcing(engine, hf_model, contexts):
+    """AEPO's step entropy terms from vLLM's top-k log-probs (processed: temperature-scaled) = HF's."""
+    from at2po.rollout.sampling import topk_entropy
+
+    p = SamplingParams(max_new_tokens=10, temperature=0.7, seed=5, entropy_topk=4, entropy_tokens=6)
+    for c, g in zip(contexts, engine.generate(contexts, p), strict=True):
+        assert len(g.topk_entropy) == min(6, len(g.token_ids))
+        with torch.no_grad():
+            logits = hf_model(torch.tensor([c + g.token_ids])).logits[0, len(c) - 1 : -1].float()  # [G, V]
+        ref = topk_entropy(logits[: len(g.topk_entropy)], 0.7, 4)
+        torch.testing.assert_close(torch.tensor(g.topk_entropy), ref, atol=1e-3, rtol=0)
+    assert engine.generate(contexts[:1], SamplingParams(max_new_tokens=4))[0].topk_entropy is None  # off by default
+
+
 def test_stop_strings_eos_and_length(engine, contexts):
     tok = engine.tokenizer
     gens = engine.generate(

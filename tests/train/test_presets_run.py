@@ -53,3 +53,13 @@ def test_lora_with_gradient_checkpointing_saves_adapter_and_exports_merged(tiny_
         "train.steps=2", "data.test=null", "logging.tensorboard=false", "model.lora_r=4"])
     assert train(cfg, resume=True).steps_done == 2
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_aepo_preset_trains_one_step(tiny_world, sft_model, tmp_path: Path) -> None:
+    """AEPO end to end: entropy-balanced rollout (budget 4: 2 global samples, branching, restarts), GRPO credit
+    over a prompt's trajectories, AEPO's loss with the entropy-aware advantage."""
+    m = _run(tiny_world, tmp_path / "aepo", "aepo", [f"model.path={sft_model}", "rollout.aepo.budget=4",
+                                                      "rollout.aepo.initial=2"])
+    assert m["rollout/trajectories"] == 2 * 4  # every prompt's budget used
+    assert m["actor/updates"] == 2 and m["actor/skipped_updates"] == 0
+    assert "actor/pg_clipfrac" in m and "actor/kl_loss" not in m
