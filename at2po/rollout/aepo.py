@@ -87,9 +87,7 @@ def run_aepo(runner: PhaseRunner, trees: list[TurnTree], cfg: RolloutConfig) -> 
                 node.info["aepo_branches"] = node.info.get("aepo_branches", 0) + 1
         branched = np.bincount(prompt[take], minlength=len(trees)) > 0
         np.add.at(started, prompt[take], 1)
-        active = np.zeros(len(trees), dtype=bool)
-        active[prompt] = True
-        consecutive[:] = np.where(branched, consecutive + 1, np.where(active, 0, consecutive))
+        consecutive[:] = np.where(branched, consecutive + 1, 0)  # a phase without a branch ends the run of l
         return new
 
     def on_idle(t: int) -> list[Branch]:  # budget left and nothing open: one fresh sample
