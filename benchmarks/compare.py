@@ -427,7 +427,7 @@ def run_grid(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[
     Returns (test records, selection records, chosen lr per row)."""
     wiki = args.table == "wiki"
     size = SIZES[args.size]
-    work = Path(args.work_dir)
+    work = Path(args.work_dir).resolve()  # absolute: the cached warm start records its paths, valid from any cwd
     budget = table_budget(args)
     steps = args.steps or (3 if args.table == "efficiency" else 10_000)  # a budgeted run stops at its budget
     out = results_dir(args, budget)
